@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (README.md): `make demo` and `make test`.
+# Both create .venv on first use; later runs reuse it (delete .venv to rebuild).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.svgen-installed
+export DS_BUILD_OPS := 0
+# Keep JIT-built extensions (DeepSpeed ops) inside the venv, not in ~/.cache.
+export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
+
+.PHONY: demo test env clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test,triton]'
+	# torchaudio 2.11's wheel links its native ops against CUDA libs; on a CPU-only torch the
+	# import fails (and transformers imports torchaudio). svgen uses only torchaudio's pure-Python
+	# parts (MelSpectrogram, resample), so drop the native libs when torch has no CUDA.
+	$(BIN)/python -c "import torch, pathlib, importlib.util as u; \
+	  d = pathlib.Path(u.find_spec('torchaudio').origin).parent / 'lib'; \
+	  [p.unlink() for p in d.glob('*.so')] if torch.version.cuda is None else None"
+	$(BIN)/python -c "import torchaudio, diffusers, transformers"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m launch.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf runs/demo .pytest_cache

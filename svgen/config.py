@@ -1,0 +1,439 @@
+"""The typed config schema of svgen: nested dataclasses, one docstring per field.
+
+A YAML file under ``configs/`` is a serialized instance of :class:`Config`. It may name a
+``base:`` YAML (relative to itself) that it overrides, so experiment files stay short deltas.
+Command-line overrides are dotted: ``--set model.cmcpe.depth=2``. Unknown keys are errors that
+name the nearest valid key; values are type-checked and range-checked on construction.
+
+This module imports nothing from the rest of svgen (it is the bottom of the import graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NoiseSchedule:
+    """One base model's DDPM noise schedule (METHOD.md, "Base models")."""
+
+    num_train_timesteps: int = 1000
+    """Number of discrete diffusion steps T the base was trained with."""
+    beta_start: float = 0.00085
+    """First beta of the schedule."""
+    beta_end: float = 0.012
+    """Last beta of the schedule."""
+    beta_schedule: Literal["linear", "scaled_linear"] = "linear"
+    """Beta interpolation: 'linear' (AnimateDiff) or 'scaled_linear' (AudioLDM)."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the base UNet predicts: noise ('epsilon') or velocity ('v_prediction')."""
+
+    def validate(self, where: str) -> None:
+        _check(self.num_train_timesteps >= 2, f"{where}.num_train_timesteps", "must be >= 2")
+        _check(0 < self.beta_start < self.beta_end < 1, f"{where}.beta_start/beta_end",
+               "need 0 < beta_start < beta_end < 1")
+
+
+@dataclass
+class AudioBaseConfig:
+    """The frozen audio diffusion model (AudioLDM, diffusers layout)."""
+
+    path: str = "checkpoints/audioldm-m-full"
+    """Local directory in diffusers layout: unet/, vae/, vocoder/, text_encoder/ (CLAP), tokenizer/."""
+    schedule: NoiseSchedule = field(default_factory=lambda: NoiseSchedule(
+        beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear"))
+    """The audio base's noise schedule."""
+
+
+@dataclass
+class VideoBaseConfig:
+    """The frozen video diffusion model (SD-1.5 UNet + AnimateDiff motion adapter)."""
+
+    path: str = "checkpoints/stable-diffusion-v1-5"
+    """Local SD-1.5 directory in diffusers layout: unet/, vae/, text_encoder/ (CLIP), tokenizer/."""
+    motion_adapter_path: str = "checkpoints/animatediff-motion-adapter-v1-5-2"
+    """Local directory of the diffusers MotionAdapter (config.json + weights)."""
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    """The video base's noise schedule."""
+
+
+@dataclass
+class EncoderConfig:
+    """Environment encoders E_a, E_v (METHOD.md, "Added modules" 1)."""
+
+    channels: int = 320
+    """Width of the conv stem and ResBlocks."""
+    context_dim: int = 1280
+    """Output width C_ctx of the pooled features p_m (1280 in the reference)."""
+    temporal_heads: int = 8
+    """Heads of the video encoder's light temporal attention."""
+
+
+@dataclass
+class CMCPEConfig:
+    """The cross-modal blocks inserted into both UNets (METHOD.md, "Added modules" 3-4)."""
+
+    mode: Literal["cmcpe", "xattn_pooled", "xattn_seq"] = "cmcpe"
+    """'cmcpe' (the paper's method), 'xattn_pooled' (cross-attention to one pooled token, as the
+    reference code), or 'xattn_seq' (cross-attention to one token per time step)."""
+    down_blocks: list[int] = field(default_factory=lambda: [2, 3])
+    """Indices of down blocks after which a block is inserted (default: METHOD.md's)."""
+    up_blocks: list[int] = field(default_factory=lambda: [0, 1])
+    """Indices of up blocks after which a block is inserted."""
+    heads: int = 8
+    """Attention heads inside each block."""
+    depth: int = 1
+    """Number of (self-attention + feed-forward) layers after the conditioning attention."""
+    resample: Literal["nearest", "linear"] = "nearest"
+    """How the other modality's embedding is resampled to this modality's time axis."""
+    kernel: Literal["auto", "reference", "compile", "triton"] = "auto"
+    """Implementation of the fused norm + add hot path: 'auto' picks Triton on CUDA."""
+
+    def validate(self, where: str) -> None:
+        _check(self.heads >= 1, f"{where}.heads", "must be >= 1")
+        _check(self.depth >= 0, f"{where}.depth", "must be >= 0")
+        for name in ("down_blocks", "up_blocks"):
+            idx = getattr(self, name)
+            _check(all(isinstance(i, int) and i >= 0 for i in idx), f"{where}.{name}",
+                   "must be a list of non-negative block indices")
+            _check(len(set(idx)) == len(idx), f"{where}.{name}", "has duplicate indices")
+
+
+@dataclass
+class ModelConfig:
+    """The joint model: two frozen bases plus the trainable cross-modal modules."""
+
+    audio: AudioBaseConfig = field(default_factory=AudioBaseConfig)
+    """The frozen audio base."""
+    video: VideoBaseConfig = field(default_factory=VideoBaseConfig)
+    """The frozen video base."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """Environment encoders."""
+    cmcpe: CMCPEConfig = field(default_factory=CMCPEConfig)
+    """Cross-modal blocks."""
+    base_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Storage and compute dtype of the frozen bases."""
+    train_motion_modules: bool = False
+    """Also train the video motion modules (the reference code does by default)."""
+
+
+@dataclass
+class DataConfig:
+    """Clip geometry and audio features (METHOD.md, GreatestHits setting)."""
+
+    seconds: float = 4.0
+    """Clip length in seconds."""
+    fps: int = 8
+    """Video frame rate; frames = seconds * fps."""
+    size: int = 256
+    """Square frame size in pixels (center crop)."""
+    sample_rate: int = 16000
+    """Audio sample rate in Hz (mono)."""
+    n_mels: int = 64
+    """Mel bins of the log-mel spectrogram."""
+    hop_length: int = 160
+    """STFT hop in samples."""
+    win_length: int = 1024
+    """STFT window (and FFT size) in samples."""
+    fmax: float = 8000.0
+    """Highest mel frequency in Hz."""
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.seconds * self.sample_rate)
+
+    @property
+    def mel_frames(self) -> int:
+        return self.num_samples // self.hop_length
+
+    def validate(self, where: str) -> None:
+        _check(self.seconds > 0, f"{where}.seconds", "must be > 0")
+        _check(self.fps >= 1, f"{where}.fps", "must be >= 1")
+        _check(self.size >= 8 and self.size % 8 == 0, f"{where}.size",
+               "must be a positive multiple of 8 (the image VAE downsamples by 8)")
+        _check(self.sample_rate >= 1000, f"{where}.sample_rate", "must be >= 1000")
+        _check(self.fmax <= self.sample_rate / 2, f"{where}.fmax",
+               f"must be <= sample_rate/2 = {self.sample_rate / 2}")
+        _check(self.num_frames >= 1, f"{where}.seconds", "gives zero frames at this fps")
+
+
+@dataclass
+class TrainConfig:
+    """The training objective and loop (METHOD.md, "Training")."""
+
+    steps: int = 100000
+    """Optimizer steps to run."""
+    batch_size: int = 1
+    """Micro batch per process."""
+    seed: int = 0
+    """Seed for weights of the added modules, noise and data order."""
+    caption_dropout: float = 0.1
+    """Probability of replacing the caption with the empty prompt (for CFG)."""
+    x0_zero_prob: float = 0.5
+    """Per-sample probability of zeroing x0_hat before the training pass."""
+    audio_loss_weight: float = 1.0
+    """Weight of the audio MSE in the total loss."""
+    video_loss_weight: float = 1.0
+    """Weight of the video MSE in the total loss."""
+    lr: float = 1e-5
+    """AdamW learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables clipping)."""
+    log_every: int = 10
+    """Log metrics every N steps."""
+    out_dir: str = "runs/default"
+    """Where checkpoints, samples and logs of this run go."""
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
+        _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
+        for name in ("caption_dropout", "x0_zero_prob"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{where}.{name}", "must be in [0, 1]")
+        _check(self.lr > 0, f"{where}.lr", "must be > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
+               "must be two numbers in [0, 1)")
+        _check(self.grad_clip >= 0, f"{where}.grad_clip", "must be >= 0")
+        _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+
+
+@dataclass
+class SampleConfig:
+    """Joint sampling with timestep adjustment (METHOD.md, "Sampling")."""
+
+    steps: int = 50
+    """DDIM steps."""
+    gamma: float = 1.5
+    """Timestep adjustment: t_v/T ~ (t_a/T)**gamma; 1.0 turns it off."""
+    eta: float = 0.0
+    """DDIM eta (0 = deterministic)."""
+    guidance_audio: float = 2.5
+    """Classifier-free guidance scale of the audio branch (1 = no guidance)."""
+    guidance_video: float = 7.5
+    """Classifier-free guidance scale of the video branch (1 = no guidance)."""
+    negative_prompt: str = "bad quality, worse quality"
+    """Prompt used for the unconditional branch of CFG."""
+    prompt: str = "hitting a wooden table with a drumstick"
+    """Default prompt for samples."""
+    seed: int = 0
+    """Seed of the initial noise."""
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1, f"{where}.steps", "must be >= 1")
+        _check(self.gamma > 0, f"{where}.gamma", "must be > 0")
+        _check(self.eta >= 0, f"{where}.eta", "must be >= 0")
+
+
+@dataclass
+class Config:
+    """Everything one svgen run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The joint model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Clip geometry and audio features."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Sampling."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation, loading, overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {why}")
+
+
+def validate(obj: Any, where: str = "") -> None:
+    """Run the ``validate(where)`` method of every nested section, naming keys by dotted path."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            path = f"{where}.{f.name}" if where else f.name
+            validate(value, path)
+            if hasattr(value, "validate"):
+                value.validate(path)
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return match[0] if match else valid[0]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check and convert one leaf value against its annotated type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where or cls.__name__}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            near = _nearest(key, list(fields))
+            near_path = f"{where}.{near}" if where else near
+            raise ConfigError(f"unknown config key '{path}'; did you mean '{near_path}'?")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            # Merge onto the field's own default (AudioBaseConfig.schedule differs from a bare
+            # NoiseSchedule), so a partial section keeps the right defaults.
+            base = dataclasses.asdict(fields[key].default_factory())  # type: ignore[misc]
+            merged = _deep_merge(base, value) if isinstance(value, dict) else value
+            kwargs[key] = from_dict(tp, merged, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    # Missing keys take the dataclass defaults; Config.__post_init__ validates the whole tree.
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, delta: dict) -> dict:
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value with YAML rules (``2`` -> int, ``[1,2]`` -> list, ``x`` -> str)."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (validation happens on construction)."""
+    data = _deep_merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def _load_yaml_chain(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_merge(_load_yaml_chain((path.parent / base).resolve()), data)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (following ``base:`` links), apply dotted overrides, validate."""
+    data = _load_yaml_chain(Path(path)) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Config, data)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict to dotted keys (for trackers)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Map each dotted key to the docstring under its field (read from the source)."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    hints = typing.get_type_hints(cls)
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                name = node.target.id
+                docs[prefix + name] = " ".join(str(nxt.value.value).split())
+                if dataclasses.is_dataclass(hints.get(name)):
+                    docs.update(field_docs(hints[name], prefix + name + "."))
+    return docs
