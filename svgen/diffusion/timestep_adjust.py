@@ -41,10 +41,10 @@ def adjusted_grids(num_steps: int, gamma: float, num_train_timesteps: int = 1000
     return warp(tau, 1.0 / root, num_train_timesteps), warp(tau, root, num_train_timesteps)
 
 
-def previous_timestep(grid: list[int], t: int) -> int:
-    """The timestep after t in the (descending) grid, -1 after the last: a lookup, not a stride."""
-    k = grid.index(t)
-    return grid[k + 1] if k + 1 < len(grid) else -1
+def transitions(grid: list[int]) -> list[tuple[int, int]]:
+    """(t, t_prev) pairs along a descending grid, t_prev read from the list itself (-1 at the
+    end), never from a fixed stride: the warped grids are unevenly spaced."""
+    return list(zip(grid, grid[1:] + [-1]))
 
 
 def ddim_step(model_output: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int,

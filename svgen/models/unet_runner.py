@@ -163,7 +163,7 @@ class AudioUNetRunner(UNetRunner):
 
     @staticmethod
     def from_btcs(x: torch.Tensor, st: RunState, like: torch.Tensor) -> torch.Tensor:
-        return x.reshape(like.shape)
+        return _same_strides(x.reshape(like.shape), like)
 
 
 class VideoUNetRunner(UNetRunner):
@@ -211,7 +211,20 @@ class VideoUNetRunner(UNetRunner):
 
     @staticmethod
     def from_btcs(x: torch.Tensor, st: RunState, like: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 1, 3).reshape(like.shape)
+        return _same_strides(x.permute(0, 2, 1, 3).reshape(like.shape), like)
+
+
+def _same_strides(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Give y the strides of ``like`` where both are contiguous.
+
+    Contiguous tensors may differ in the strides of size-1 dims (a 1x1 latent at the lowest
+    resolution); convolutions then read them as channels-last and pick another algorithm, which
+    breaks bitwise equality with the plain forward. Same memory, same element mapping: no copy.
+    """
+    y = y.contiguous()
+    if like.is_contiguous() and y.stride() != like.stride():
+        return y.as_strided(like.shape, like.stride())
+    return y
 
 
 def runner_for(unet: torch.nn.Module) -> UNetRunner:

@@ -1,0 +1,76 @@
+"""The training objective of one joint step (METHOD.md, "Training (one step)")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from svgen.config import TrainConfig
+from svgen.diffusion.schedule import Schedule
+from svgen.models.joint import JointInputs
+
+
+@dataclass
+class LatentBatch:
+    """Clean latents and text conditioning for one step."""
+
+    x_a: torch.Tensor
+    """(B, Ca, T, F) audio VAE latents (scaled)."""
+    x_v: torch.Tensor
+    """(B, Cv, F, H, W) video VAE latents (scaled)."""
+    text_a: torch.Tensor
+    """(B, D) CLAP text embeddings."""
+    text_v: torch.Tensor
+    """(B, L, D) CLIP text hidden states."""
+
+    def to(self, device: torch.device) -> "LatentBatch":
+        return LatentBatch(*(t.to(device) for t in (self.x_a, self.x_v, self.text_a, self.text_v)))
+
+
+def _bernoulli(p: float, n: int, device, generator) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) < p
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+def joint_loss(model, sched_a: Schedule, sched_v: Schedule, batch: LatentBatch,
+               empty_a: torch.Tensor, empty_v: torch.Tensor, cfg: TrainConfig,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and per-modality metrics for one batch.
+
+    ``empty_a`` (D,) and ``empty_v`` (L, D) are the empty-prompt embeddings used for caption dropout.
+    """
+    x_a, x_v = batch.x_a, batch.x_v
+    b, dev = x_a.shape[0], x_a.device
+    T = sched_a.num_train_timesteps
+    randint = lambda: torch.randint(0, T, (b,), device=dev, generator=generator)  # noqa: E731
+    eps_a = torch.randn(x_a.shape, device=dev, generator=generator, dtype=x_a.dtype)
+    eps_v = torch.randn(x_v.shape, device=dev, generator=generator, dtype=x_v.dtype)
+    t, s_a, s_v = randint(), randint(), randint()                # shared t; independent s_m
+    z_a, z_v = sched_a.add_noise(x_a, eps_a, t), sched_v.add_noise(x_v, eps_v, t)
+    zc_a, zc_v = sched_a.add_noise(x_a, eps_a, s_a), sched_v.add_noise(x_v, eps_v, s_v)
+
+    drop = _bernoulli(cfg.caption_dropout, b, dev, generator)  # one caption feeds both branches
+    text_a = _where(drop, empty_a.expand_as(batch.text_a), batch.text_a)
+    text_v = _where(drop, empty_v.expand_as(batch.text_v), batch.text_v)
+
+    keep_a = ~_bernoulli(cfg.x0_zero_prob, b, dev, generator)
+    keep_v = ~_bernoulli(cfg.x0_zero_prob, b, dev, generator)
+    x0_a, x0_v = torch.zeros_like(zc_a), torch.zeros_like(zc_v)
+    if keep_a.any() or keep_v.any():  # the no-grad pass is wasted when every estimate is zeroed
+        with torch.no_grad():
+            out_a, out_v = model(JointInputs(z_a, z_v, t, t, text_a, text_v,
+                                             torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))
+            x0_a = _where(keep_a, sched_a.predict_x0(z_a, out_a, t).to(zc_a.dtype), x0_a)
+            x0_v = _where(keep_v, sched_v.predict_x0(z_v, out_v, t).to(zc_v.dtype), x0_v)
+
+    out_a, out_v = model(JointInputs(z_a, z_v, t, t, text_a, text_v,
+                                     torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))
+    loss_a = F.mse_loss(out_a.float(), sched_a.target(x_a, eps_a, t).float())
+    loss_v = F.mse_loss(out_v.float(), sched_v.target(x_v, eps_v, t).float())
+    loss = cfg.audio_loss_weight * loss_a + cfg.video_loss_weight * loss_v
+    return loss, {"loss": loss.item(), "loss_audio": loss_a.item(), "loss_video": loss_v.item()}

@@ -1,0 +1,48 @@
+"""Pick the implementation of the CMC-PE hot path by config and device; log the choice once."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from svgen.kernels.reference import norm_add_embedding_reference
+
+log = logging.getLogger(__name__)
+_compiled = None
+_logged: set[str] = set()
+
+
+def resolve_kernel(requested: str, device: torch.device) -> str:
+    """'auto' -> 'triton' on CUDA when Triton is importable, else 'reference'."""
+    if requested not in ("auto", "reference", "compile", "triton"):
+        raise ValueError(f"unknown kernel {requested!r}; use auto, reference, compile or triton")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        try:
+            import svgen.kernels.triton_cmcpe  # noqa: F401
+            return "triton"
+        except ImportError:
+            return "reference"
+    return "reference"
+
+
+def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       eps: float = 1e-5, mode: str = "nearest", kernel: str = "auto"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, a) = (LN(x), LN(x) + resample(emb)); see ``reference.norm_add_embedding_reference``."""
+    global _compiled
+    impl = resolve_kernel(kernel, x.device)
+    if impl not in _logged:
+        log.info("CMC-PE hot path: %s (requested %s, device %s)", impl, kernel, x.device.type)
+        _logged.add(impl)
+    if impl == "reference":
+        return norm_add_embedding_reference(x, emb, weight, bias, eps, mode)
+    if impl == "compile":
+        if _compiled is None:
+            _compiled = torch.compile(norm_add_embedding_reference, dynamic=True)
+        return _compiled(x, emb, weight, bias, eps, mode)
+    from svgen.kernels.triton_cmcpe import norm_add_embedding_triton
+
+    return norm_add_embedding_triton(x, emb, weight, bias, eps, mode)

@@ -1,0 +1,38 @@
+"""Plain PyTorch reference of the fused CMC-PE op (the maths every other implementation matches)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def time_index(t_self: int, t_other: int, device: torch.device | None = None) -> torch.Tensor:
+    """Nearest-neighbour source index along time for each of t_self positions.
+
+    Same convention as ``F.interpolate(mode='nearest')``: src = floor(i * t_other / t_self).
+    """
+    return (torch.arange(t_self, device=device) * t_other) // t_self
+
+
+def resample_time(e: torch.Tensor, t_self: int, mode: str = "nearest") -> torch.Tensor:
+    """(B, T_other, C) -> (B, t_self, C) along time."""
+    if mode == "nearest":
+        return e[:, time_index(t_self, e.shape[1], e.device)]
+    if mode == "linear":
+        return F.interpolate(e.transpose(1, 2), size=t_self, mode="linear",
+                             align_corners=False).transpose(1, 2)
+    raise ValueError(f"unknown resample mode {mode!r}; use 'nearest' or 'linear'")
+
+
+def norm_add_embedding_reference(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor,
+                                 bias: torch.Tensor, eps: float = 1e-5, mode: str = "nearest"
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """u = LayerNorm(x) over C;  a = u + resample(emb) broadcast over S.
+
+    x: (B, T, S, C) hidden tokens; emb: (B, T_other, C). Returns (u, a), both like x.
+    Computed in fp32 and cast back, as the fused kernels accumulate in fp32.
+    """
+    u = F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+    e = resample_time(emb.float(), x.shape[1], mode)
+    a = u + e[:, :, None, :]
+    return u.to(x.dtype), a.to(x.dtype)

@@ -1,0 +1,70 @@
+"""Write a sounding video as an mp4 (H.264 + AAC, yuv420p, faststart) that browsers play.
+
+PyAV bundles FFmpeg, so no ffmpeg binary is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+
+def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int,
+              wave: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
+    """frames: (F, H, W, 3) uint8; wave: (N,) float in [-1, 1] (mono). Written atomically."""
+    path = Path(path)
+    frames = np.asarray(frames.cpu() if torch.is_tensor(frames) else frames)
+    wave = np.asarray(wave.detach().float().cpu() if torch.is_tensor(wave) else wave, dtype=np.float32)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    if wave.ndim != 1:
+        raise ValueError(f"wave must be mono (N,), got shape {wave.shape}")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = frames[:, : h - h % 2, : w - w % 2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height = frames.shape[2], frames.shape[1]
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"crf": "18", "preset": "veryfast"}
+        as_ = out.add_stream("aac", rate=sample_rate)
+        as_.layout = "mono"
+        as_.bit_rate = 128000
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+        samples = np.clip(wave, -1.0, 1.0)[None]
+        chunk = 1024
+        for start in range(0, samples.shape[1], chunk):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sample_rate, start, Fraction(1, sample_rate)
+            out.mux(as_.encode(af))
+        out.mux(as_.encode())
+    os.replace(tmp, path)
+    return path
+
+
+def probe(path: str | Path) -> dict:
+    """Streams and durations of a media file (what ffprobe would report), via PyAV."""
+    with av.open(str(path)) as f:
+        streams = []
+        for s in f.streams:
+            dur = float(s.duration * s.time_base) if s.duration is not None else None
+            info = {"type": s.type, "codec": s.codec_context.name, "duration": dur}
+            if s.type == "video":
+                info.update(width=s.codec_context.width, height=s.codec_context.height,
+                            frames=s.frames, fps=float(s.average_rate) if s.average_rate else None)
+            elif s.type == "audio":
+                info.update(sample_rate=s.codec_context.sample_rate, channels=s.codec_context.channels)
+            streams.append(info)
+        return {"duration": f.duration / 1e6 if f.duration else None, "streams": streams}

@@ -1,0 +1,167 @@
+"""Cross-modal blocks inserted into the UNets (METHOD.md, "Added modules" 3 and 4).
+
+Both block kinds take a hidden state h in the common layout (B, C, T, S) and the *other*
+modality's pooled, normalised features p (B, C_ctx, T_other), and return h + proj_out(u) with
+proj_out zero-initialised, so an untrained block is the identity.
+
+- :class:`CMCPEBlock`: the other modality enters as a positional encoding along time.
+- :class:`CrossAttentionBlock`: the baseline; it cross-attends to one pooled token
+  ('xattn_pooled', as the reference code) or one token per time step ('xattn_seq').
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+
+from svgen.kernels import norm_add_embedding
+
+
+def _groups(channels: int, preferred: int = 32) -> int:
+    g = min(preferred, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class Attention(nn.Module):
+    """Multi-head attention over token sequences (B, N, C), optionally to a context (B, M, D)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by heads={heads}; "
+                             "set model.cmcpe.heads to a divisor of every inserted block's width")
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = x if context is None else context
+        b, n, c = x.shape
+        q, k, v = (t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx)))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(y.transpose(1, 2).reshape(b, n, c))
+
+
+class _Layer(nn.Module):
+    """u + SelfAttention(LN(u)); u + GEGLU-FF(LN(u))."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.ff = nn.LayerNorm(dim), FeedForward(dim, activation_fn="geglu")
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        u = u + self.attn(self.norm1(u))
+        return u + self.ff(self.norm2(u))
+
+
+class _BlockBase(nn.Module):
+    """Shared in/out projections: GN -> proj_in on the way in, zero-init proj_out on the way out.
+
+    ``per_frame`` (video): attention runs within each time step over S positions;
+    otherwise (audio) over all T*S positions.
+    """
+
+    def __init__(self, channels: int, per_frame: bool):
+        super().__init__()
+        self.per_frame = per_frame
+        self.norm_in = nn.GroupNorm(_groups(channels), channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def _tokens_in(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, S) -> proj_in(GN(h)) as tokens (B, T, S, C). GN statistics per time step
+        for video (as the UNet normalises each frame), over the whole clip for audio."""
+        b, c, t, s = h.shape
+        if self.per_frame:
+            x = self.norm_in(h.permute(0, 2, 1, 3).reshape(b * t, c, s)).reshape(b, t, c, s)
+            x = x.permute(0, 1, 3, 2)
+        else:
+            x = self.norm_in(h).permute(0, 2, 3, 1)
+        return self.proj_in(x)
+
+    def _seq(self, u: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, S, C) -> attention sequences: (B*T, S, C) per frame or (B, T*S, C)."""
+        b, t, s, c = u.shape
+        return u.reshape(b * t, s, c) if self.per_frame else u.reshape(b, t * s, c)
+
+    def _out(self, h: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        b, c, t, s = h.shape
+        y = self.proj_out(seq).reshape(b, t, s, c).permute(0, 3, 1, 2)
+        return h + y.to(h.dtype)
+
+
+class CMCPEBlock(_BlockBase):
+    """Cross-modal conditioning as positional encoding."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 8, depth: int = 1,
+                 per_frame: bool = False, resample: str = "nearest", kernel: str = "auto"):
+        super().__init__(channels, per_frame)
+        self.resample, self.kernel = resample, kernel
+        self.norm_u = nn.LayerNorm(channels)
+        self.embed = FeedForward(context_dim, dim_out=channels, activation_fn="geglu")
+        self.embed_norm = nn.GroupNorm(_groups(channels), channels)
+        self.cond_attn = Attention(channels, heads)
+        self.layers = nn.ModuleList(_Layer(channels, heads) for _ in range(depth))
+
+    def forward(self, h: torch.Tensor, p_other: torch.Tensor) -> torch.Tensor:
+        dtype = self.proj_in.weight.dtype
+        x = self._tokens_in(h.to(dtype))
+        e = self.embed(p_other.to(dtype).transpose(1, 2))               # (B, T_o, C)
+        e = self.embed_norm(e.transpose(1, 2)).transpose(1, 2)
+        # The hot path: u = LN(x), a = u + e resampled to T and broadcast over S, in one pass.
+        u, a = norm_add_embedding(x, e, self.norm_u.weight, self.norm_u.bias, self.norm_u.eps,
+                                  self.resample, self.kernel)
+        b, t, s, c = u.shape
+        seq = self._seq(u) + self.cond_attn(self._seq(a))
+        for layer in self.layers:
+            seq = layer(seq)
+        return self._out(h, seq)
+
+
+class CrossAttentionBlock(_BlockBase):
+    """The cross-attention baseline: a transformer block attending to the other modality."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 8, depth: int = 1,
+                 per_frame: bool = False, pooled: bool = True):
+        super().__init__(channels, per_frame)
+        self.pooled = pooled
+        self.norm_u = nn.LayerNorm(channels)
+        self.norm_x = nn.LayerNorm(channels)
+        self.cross = Attention(channels, heads, context_dim=context_dim)
+        self.layers = nn.ModuleList(_Layer(channels, heads) for _ in range(max(depth, 1)))
+
+    def forward(self, h: torch.Tensor, p_other: torch.Tensor) -> torch.Tensor:
+        dtype = self.proj_in.weight.dtype
+        u = self.norm_u(self._tokens_in(h.to(dtype)))
+        b, t, s, c = u.shape
+        ctx = p_other.to(dtype).transpose(1, 2)                          # (B, T_o, C_ctx)
+        if self.pooled:
+            ctx = ctx.mean(dim=1, keepdim=True)
+        if self.per_frame:
+            ctx = ctx.repeat_interleave(t, dim=0)
+        seq = self._seq(u)
+        seq = self.layers[0].attn(self.layers[0].norm1(seq)) + seq
+        seq = seq + self.cross(self.norm_x(seq), ctx)
+        seq = seq + self.layers[0].ff(self.layers[0].norm2(seq))
+        for layer in self.layers[1:]:
+            seq = layer(seq)
+        return self._out(h, seq)
+
+
+def make_block(mode: str, channels: int, context_dim: int, heads: int, depth: int, per_frame: bool,
+               resample: str = "nearest", kernel: str = "auto") -> nn.Module:
+    if mode == "cmcpe":
+        return CMCPEBlock(channels, context_dim, heads, depth, per_frame, resample, kernel)
+    if mode in ("xattn_pooled", "xattn_seq"):
+        return CrossAttentionBlock(channels, context_dim, heads, depth, per_frame, pooled=mode == "xattn_pooled")
+    raise ValueError(f"unknown cross-modal block mode {mode!r}")

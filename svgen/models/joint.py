@@ -1,0 +1,142 @@
+"""The joint audio-video denoiser: two frozen base UNets run in lockstep, joined by trainable
+environment encoders and cross-modal blocks (METHOD.md, "Added modules").
+
+Pure torch: no DeepSpeed, Ray or MLflow here (STYLE.md, convention 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from svgen.config import ModelConfig
+from svgen.models.bases import AudioBase, VideoBase
+from svgen.models.cmcpe import make_block
+from svgen.models.encoders import EnvironmentEncoder
+from svgen.models.unet_runner import AudioUNetRunner, VideoUNetRunner
+
+
+@dataclass
+class JointInputs:
+    """One joint denoising call. Shapes: audio latents (B, Ca, T, F), video latents (B, Cv, F, H, W)."""
+
+    z_a: torch.Tensor
+    """Noisy audio latent fed to the audio UNet."""
+    z_v: torch.Tensor
+    """Noisy video latent fed to the video UNet."""
+    t_a: torch.Tensor
+    """(B,) audio UNet timesteps."""
+    t_v: torch.Tensor
+    """(B,) video UNet timesteps."""
+    text_a: torch.Tensor
+    """(B, D) CLAP text embeddings (AudioLDM class labels)."""
+    text_v: torch.Tensor
+    """(B, L, D) CLIP text hidden states."""
+    enc_a: torch.Tensor
+    """Audio environment-encoder input [zc_a ; x0_hat_a] (B, 2Ca, T, F)."""
+    enc_v: torch.Tensor
+    """Video environment-encoder input [zc_v ; x0_hat_v] (B, 2Cv, F, H, W)."""
+    s_a: torch.Tensor
+    """(B,) audio encoder timesteps."""
+    s_v: torch.Tensor
+    """(B,) video encoder timesteps."""
+
+
+class JointModel(nn.Module):
+    def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.audio_unet = audio.unet
+        self.video_unet = video.unet
+        self.audio_runner = AudioUNetRunner(audio.unet)
+        self.video_runner = VideoUNetRunner(video.unet)
+        if self.audio_runner.num_down != self.video_runner.num_down:
+            raise ValueError(f"the two UNets must have the same number of down blocks to run in lockstep "
+                             f"(audio {self.audio_runner.num_down}, video {self.video_runner.num_down})")
+        c = cfg.cmcpe
+        n = self.audio_runner.num_down
+        for name, idx in (("down_blocks", c.down_blocks), ("up_blocks", c.up_blocks)):
+            bad = [i for i in idx if i >= n]
+            if bad:
+                raise ValueError(f"model.cmcpe.{name} {bad} out of range: the UNets have {n} blocks (0..{n - 1})")
+        e = cfg.encoder
+        ca, cv = audio.latent_channels, video.latent_channels
+        self.encoder_a = EnvironmentEncoder(2 * ca, e.channels, e.context_dim, video=False)
+        self.encoder_v = EnvironmentEncoder(2 * cv, e.channels, e.context_dim, video=True,
+                                            temporal_heads=e.temporal_heads)
+        self.blocks_a = nn.ModuleDict()
+        self.blocks_v = nn.ModuleDict()
+        for modality, unet, blocks in (("a", audio.unet, self.blocks_a), ("v", video.unet, self.blocks_v)):
+            widths = list(unet.config.block_out_channels)
+            points = [(f"down{i}", widths[i]) for i in c.down_blocks] + \
+                     [(f"up{i}", widths[::-1][i]) for i in c.up_blocks]
+            for key, width in points:
+                blocks[key] = make_block(c.mode, width, e.context_dim, c.heads, c.depth,
+                                         per_frame=modality == "v", resample=c.resample, kernel=c.kernel)
+        self.video_unet.requires_grad_(False)
+        self.audio_unet.requires_grad_(False)
+        if cfg.train_motion_modules:
+            for name, p in self.video_unet.named_parameters():
+                if "motion_modules" in name:
+                    p.requires_grad_(True)
+
+    # ---------------------------------------------------------------------------------------
+    def added_modules(self) -> list[nn.Module]:
+        return [self.encoder_a, self.encoder_v, self.blocks_a, self.blocks_v]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer sees: added modules, plus motion modules when switched on."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+    def train(self, mode: bool = True) -> "JointModel":
+        """Frozen bases stay in eval mode (no dropout); motion modules follow when trained."""
+        super().train(mode)
+        self.audio_unet.eval()
+        self.video_unet.eval()
+        if mode and self.cfg.train_motion_modules:
+            for name, m in self.video_unet.named_modules():
+                if name.endswith("motion_modules"):
+                    m.train()
+        return self
+
+    # ---------------------------------------------------------------------------------------
+    def forward(self, x: JointInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both UNet outputs (eps or v), run block by block in lockstep."""
+        p_a = self.encoder_a(x.enc_a.to(self.encoder_a.conv_in.weight.dtype), x.s_a)
+        p_v = self.encoder_v(x.enc_v.to(self.encoder_v.conv_in.weight.dtype), x.s_v)
+        ra, rv = self.audio_runner, self.video_runner
+        da, dv = self.audio_unet.dtype, self.video_unet.dtype
+        sa = ra.begin(x.z_a.to(da), x.t_a, x.text_a.to(da))
+        sv = rv.begin(x.z_v.to(dv), x.t_v, x.text_v.to(dv))
+        for i in range(ra.num_down):
+            ra.down(sa, i)
+            rv.down(sv, i)
+            self._cross(f"down{i}", sa, sv, p_a, p_v, replace_skip=True)
+        ra.mid(sa)
+        rv.mid(sv)
+        for i in range(ra.num_up):
+            ra.up(sa, i)
+            rv.up(sv, i)
+            self._cross(f"up{i}", sa, sv, p_a, p_v, replace_skip=False)
+        return ra.end(sa), rv.end(sv)
+
+    def _cross(self, key: str, sa, sv, p_a: torch.Tensor, p_v: torch.Tensor, replace_skip: bool) -> None:
+        if key not in self.blocks_a:
+            return
+        ra, rv = self.audio_runner, self.video_runner
+        # Audio is conditioned on the video features and vice versa.
+        sa.h = ra.from_btcs(self.blocks_a[key](ra.to_btcs(sa.h, sa), p_v), sa, sa.h)
+        sv.h = rv.from_btcs(self.blocks_v[key](rv.to_btcs(sv.h, sv), p_a), sv, sv.h)
+        if replace_skip:
+            ra.replace_last_skip(sa)
+            rv.replace_last_skip(sv)
