@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random bases built once per session in the real diffusers layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from svgen.config import load_config  # noqa: E402
+from svgen.models.tiny import build_tiny_bases  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_bases(tmp_path_factory.mktemp("bases"))
+
+
+def tiny_overrides(bases: dict[str, Path]) -> list[str]:
+    return [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
+            f"model.video.motion_adapter_path={bases['motion_adapter']}"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_bases):
+    def make(*overrides: str):
+        return load_config(TINY, tiny_overrides(tiny_bases) + list(overrides))
+    return make
+
+
+@pytest.fixture(scope="session")
+def system_factory(tiny_bases):
+    from svgen.models.build import build_system
+
+    def make(*overrides: str, seed: int = 0):
+        return build_system(load_config(TINY, tiny_overrides(tiny_bases) + list(overrides)), seed=seed)
+    return make

@@ -1,0 +1,106 @@
+"""The joint model: zero-init identity, trainable-parameter accounting, frozen weights."""
+
+import pytest
+import torch
+
+from svgen.diffusion.objective import LatentBatch
+from svgen.models.joint import JointInputs
+from svgen.train_loop import make_optimizer, train
+
+
+def _inputs(system, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z_a = torch.randn(b, 8, 32, 16, generator=g)
+    z_v = torch.randn(b, 4, 8, 8, 8, generator=g)
+    t = torch.tensor([17, 640])[:b]
+    text_a, text_v = system.encode_text(["a red square flashes", "a click"][:b])
+    enc_a = torch.randn(b, 16, 32, 16, generator=g)
+    enc_v = torch.randn(b, 8, 8, 8, 8, generator=g)
+    return JointInputs(z_a, z_v, t, t, text_a, text_v, enc_a, enc_v, torch.tensor([900, 3])[:b], torch.tensor([50, 999])[:b])
+
+
+@pytest.mark.parametrize("mode", ["cmcpe", "xattn_pooled", "xattn_seq"])
+def test_untrained_joint_model_equals_the_independent_bases(system_factory, mode):
+    system = system_factory(f"model.cmcpe.mode={mode}")
+    x = _inputs(system)
+    out_a, out_v = system.model(x)
+    ref_a = system.audio.unet(x.z_a, x.t_a, None, class_labels=x.text_a).sample
+    ref_v = system.video.unet(x.z_v, x.t_v, x.text_v.repeat_interleave(x.z_v.shape[2], 0)).sample
+    assert torch.equal(out_a, ref_a)
+    assert torch.equal(out_v, ref_v)
+    # ...and the added modules do act once proj_out is non-zero, in both directions.
+    for blocks in (system.model.blocks_a, system.model.blocks_v):
+        for block in blocks.values():
+            torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    out_a2, out_v2 = system.model(x)
+    assert (out_a2 - ref_a).abs().max() > 1e-4 and (out_v2 - ref_v).abs().max() > 1e-4
+
+
+def test_cross_modal_path_carries_the_other_modality(system_factory):
+    """With non-zero proj_out, changing only the *video* encoder input changes the *audio* output."""
+    system = system_factory()
+    for blocks in (system.model.blocks_a, system.model.blocks_v):
+        for block in blocks.values():
+            torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    x = _inputs(system)
+    out_a, _ = system.model(x)
+    x.enc_v = x.enc_v + 1.0
+    out_a2, _ = system.model(x)
+    assert (out_a2 - out_a).abs().max() > 1e-5
+
+
+def test_blocks_sit_at_the_configured_points(system_factory):
+    system = system_factory("model.cmcpe.down_blocks=[1]", "model.cmcpe.up_blocks=[2, 3]")
+    assert sorted(system.model.blocks_a) == ["down1", "up2", "up3"]
+    assert sorted(system.model.blocks_v) == ["down1", "up2", "up3"]
+    with pytest.raises(ValueError, match="out of range"):
+        system_factory("model.cmcpe.down_blocks=[4]")
+
+
+def test_optimizer_sees_only_added_modules(system_factory):
+    system = system_factory()
+    model = system.model
+    added = {id(p) for m in model.added_modules() for p in m.parameters()}
+    opt = make_optimizer(system, _cfg(system))
+    seen = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert seen == added
+    counts = model.parameter_counts()
+    assert counts["trainable"] == sum(p.numel() for m in model.added_modules() for p in m.parameters())
+    assert counts["frozen"] == sum(p.numel() for p in model.audio_unet.parameters()) + \
+        sum(p.numel() for p in model.video_unet.parameters())
+
+
+def test_motion_modules_switch(system_factory):
+    system = system_factory("model.train_motion_modules=true")
+    names = system.model.named_trainable_parameters()
+    motion = [n for n in names if "motion_modules" in n]
+    assert motion, "motion modules should be trainable when switched on"
+    spatial = [n for n in names if n.startswith("video_unet") and "motion_modules" not in n]
+    assert spatial == []
+    assert not any(n.startswith("audio_unet") for n in names)
+    system.model.train()
+    assert not system.model.audio_unet.training
+
+
+def _cfg(system):
+    from svgen.config import TrainConfig
+    return TrainConfig(lr=1e-3, steps=3, batch_size=2)
+
+
+@pytest.mark.parametrize("motion", [False, True])
+def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion):
+    system = system_factory(f"model.train_motion_modules={str(motion).lower()}")
+    model = system.model
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    g = torch.Generator().manual_seed(1)
+    batch = LatentBatch(torch.randn(2, 8, 32, 16, generator=g), torch.randn(2, 4, 8, 8, 8, generator=g),
+                        *system.encode_text(["x", "y"]))
+    train(system, [batch], _cfg(system), steps=3, progress=False)
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen weight {n} changed"
+    changed = [n for n, p in model.named_parameters() if n in trained and not torch.equal(p, trained[n])]
+    assert len(changed) > len(trained) // 2
+    if motion:
+        assert any("motion_modules" in n for n in changed)
