@@ -1,0 +1,34 @@
+"""End to end: `python -m launch.demo` on a fresh output folder ends with a sounding mp4."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from svgen.media.mp4 import probe
+
+from .conftest import ROOT, tiny_overrides
+
+
+def test_demo_end_to_end(tmp_path, tiny_bases):
+    out = tmp_path / "demo"
+    sets = []
+    for o in tiny_overrides(tiny_bases) + ["train.steps=4", "sample.steps=3"]:
+        sets += ["--set", o]
+    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--out", str(out), "--clips", "4", *sets],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    mp4 = out / "samples" / "sample_000.mp4"
+    assert summary["sample"] == str(mp4) and str(mp4) in proc.stdout
+    info = probe(mp4)
+    streams = {s["type"]: s for s in info["streams"]}
+    assert set(streams) == {"video", "audio"} and len(info["streams"]) == 2
+    assert streams["video"]["duration"] == pytest.approx(1.0, abs=0.13)
+    assert streams["audio"]["duration"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_demo_help():
+    proc = subprocess.run([sys.executable, "-m", "launch.demo", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "--set" in proc.stdout and "configs/tiny.yaml" in proc.stdout
