@@ -1,5 +1,6 @@
-"""The main job on an embedded default: tiny bases -> synthetic sounding clips -> train the joint
-model -> sample one sounding video as an mp4.
+"""The main job on an embedded default: synthetic sounding clips (mp4) -> Ray data prep into
+WebDataset shards -> train the joint model over tiny bases from those shards -> sample one
+sounding video as an mp4.
 
     python -m launch.demo                       # what `make demo` runs
     python -m launch.demo --set train.steps=200 --out runs/demo2
@@ -14,14 +15,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
+from data_prep.run import report
+from data_prep.run import run as run_prep
 from svgen.config import load_config, to_yaml
+from svgen.data.latents import latent_stream
+from svgen.data.loader import make_loader, repeat
 from svgen.data.synthetic import make_clip
-from svgen.diffusion.objective import LatentBatch
 from svgen.generate import generate, save_sounding_videos
-from svgen.media.codec import encode_audio, encode_video
-from svgen.media.mp4 import probe
+from svgen.media.mp4 import probe, write_mp4
 from svgen.models.build import build_system
 from svgen.models.tiny import build_tiny_bases
 from svgen.train_loop import train
@@ -29,19 +30,16 @@ from svgen.train_loop import train
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
-def make_batches(system, cfg, num_clips: int) -> list[LatentBatch]:
-    """Synthetic clips encoded once with the frozen VAEs and text encoders."""
-    clips = [make_clip(cfg.data, seed=i) for i in range(num_clips)]
-    batches = []
-    bs = cfg.train.batch_size
-    for i in range(0, num_clips - bs + 1, bs):
-        group = clips[i:i + bs]
-        frames = torch.from_numpy(__import__("numpy").stack([c.frames for c in group]))
-        wave = torch.from_numpy(__import__("numpy").stack([c.wave for c in group]))
-        text_a, text_v = system.encode_text([c.caption for c in group])
-        batches.append(LatentBatch(encode_audio(system.audio, wave, cfg.data),
-                                   encode_video(system.video, frames), text_a, text_v))
-    return batches
+def write_synthetic_videos(out: Path, cfg, num_clips: int) -> Path:
+    """Synthetic sounding clips (flash + click) as mp4 files plus a CSV manifest with captions."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["path,caption"]
+    for i in range(num_clips):
+        clip = make_clip(cfg.data, seed=i)
+        write_mp4(out / f"clip_{i:03d}.mp4", clip.frames, cfg.data.fps, clip.wave, cfg.data.sample_rate)
+        rows.append(f"clip_{i:03d}.mp4,{clip.caption}")
+    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return out / "manifest.csv"
 
 
 def main() -> None:
@@ -50,7 +48,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted override, repeatable (e.g. --set train.steps=100)")
     ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    ap.add_argument("--clips", type=int, default=8, help="synthetic training clips (default 8)")
+    ap.add_argument("--clips", type=int, default=8, help="synthetic source videos (default 8)")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -67,8 +65,11 @@ def main() -> None:
     counts = system.model.parameter_counts()
     print(f"[demo] joint model: {counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
 
-    batches = make_batches(system, cfg, args.clips)
-    history = train(system, batches, cfg.train)
+    manifest = write_synthetic_videos(out / "raw", cfg, args.clips)
+    summary = run_prep(str(manifest), str(out / "shards"), cfg, progress=True)
+    print(report(summary, str(out / "shards")))
+    loader = make_loader(out / "shards", cfg.train.batch_size, seed=cfg.train.seed)
+    history = train(system, latent_stream(system, repeat(loader), cfg.data), cfg.train)
     first = sum(h["loss"] for h in history[:5]) / max(1, len(history[:5]))
     last = sum(h["loss"] for h in history[-5:]) / max(1, len(history[-5:]))
     print(f"[demo] trained {len(history)} steps: loss {first:.4f} -> {last:.4f} (mean of first/last 5)")
@@ -76,7 +77,7 @@ def main() -> None:
     frames, wave = generate(system, [cfg.sample.prompt], cfg.data, cfg.sample)
     (mp4,) = save_sounding_videos(out / "samples", frames, wave, cfg.data)
     info = probe(mp4)
-    summary = {"config": str(out / "config.yaml"), "sample": str(mp4), "probe": info,
+    summary = {"config": str(out / "config.yaml"), "shards": str(out / "shards"), "sample": str(mp4), "probe": info,
                "parameters": counts, "loss_first": first, "loss_last": last, "seconds": time.time() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     kinds = ", ".join(f"{s['type']} {s['codec']} {s['duration']:.2f}s" for s in info["streams"])

@@ -178,6 +178,38 @@ class DataConfig:
 
 
 @dataclass
+class PrepConfig:
+    """Data prep: how source videos become WebDataset shards (data_prep/). Clip geometry
+    (window length = data.seconds, fps, size, sample rate, mel settings) comes from ``data``."""
+
+    stride: float = 0.0
+    """Seconds between the starts of consecutive windows; 0 means data.seconds (no overlap)."""
+    min_seconds: float = 0.0
+    """Shortest usable A/V overlap; 0 means one full window (data.seconds)."""
+    inputs_per_shard: int = 16
+    """Source videos per shard (a shard is the unit of retry and of skip-on-rerun)."""
+    no_audio: Literal["skip", "silence"] = "skip"
+    """A video without an audio stream: record an error ('skip') or write silent clips."""
+    mel: bool = True
+    """Also store the log-mel spectrogram of each clip."""
+    extensions: list[str] = field(default_factory=lambda: [".mp4", ".mov", ".avi", ".mkv", ".webm", ".ogg", ".ogv"])
+    """File extensions picked up when the input is a folder."""
+    video_backend: Literal["auto", "decord", "pyav"] = "auto"
+    """Frame decoder: 'auto' uses decord where it reports valid timestamps, else PyAV."""
+    workers: int = 0
+    """Parallel Ray tasks; 0 uses every CPU Ray sees."""
+    max_retries: int = 2
+    """Times a failed shard task is retried before its inputs are recorded as errors."""
+
+    def validate(self, where: str) -> None:
+        _check(self.stride >= 0, f"{where}.stride", "must be >= 0 (0 = one window length)")
+        _check(self.min_seconds >= 0, f"{where}.min_seconds", "must be >= 0")
+        _check(self.inputs_per_shard >= 1, f"{where}.inputs_per_shard", "must be >= 1")
+        _check(self.workers >= 0, f"{where}.workers", "must be >= 0")
+        _check(self.max_retries >= 0, f"{where}.max_retries", "must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     """The training objective and loop (METHOD.md, "Training")."""
 
@@ -255,6 +287,8 @@ class Config:
     """The joint model."""
     data: DataConfig = field(default_factory=DataConfig)
     """Clip geometry and audio features."""
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    """Data prep (sharding source videos)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training."""
     sample: SampleConfig = field(default_factory=SampleConfig)

@@ -1,38 +1,26 @@
-"""Log-mel features in AudioLDM's convention (METHOD.md, "Data")."""
+"""Log-mel features in AudioLDM's convention (METHOD.md, "Data"); the maths lives with the shard
+schema (``svgen.shards.log_mel``) so data prep and training compute the same feature."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torchaudio
 
 from svgen.config import DataConfig
+from svgen.shards import LOG_FLOOR, log_mel
 
-LOG_FLOOR = math.log(1e-5)
-"""log(clamp(x, 1e-5)): the value of silence, also used to pad mel frames."""
+__all__ = ["LOG_FLOOR", "LogMel", "pad_frames"]
 
 
 class LogMel(torch.nn.Module):
-    """Waveform (B, N) at cfg.sample_rate -> log-mel (B, frames, n_mels), frames = N // hop.
-
-    Magnitude (power 1) STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
-    log(clamp(x, 1e-5)).
-    """
+    """Waveform (B, N) at cfg.sample_rate -> log-mel (B, N // hop, n_mels)."""
 
     def __init__(self, cfg: DataConfig):
         super().__init__()
-        self.hop = cfg.hop_length
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.win_length, win_length=cfg.win_length,
-            hop_length=cfg.hop_length, f_min=0.0, f_max=cfg.fmax, n_mels=cfg.n_mels, power=1.0,
-            norm="slaney", mel_scale="slaney", center=True,
-        )
+        self.cfg = cfg
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        frames = wave.shape[-1] // self.hop
-        m = self.mel(wave.float())[..., :frames]
-        return torch.log(m.clamp_min(1e-5)).transpose(-1, -2)
+        c = self.cfg
+        return log_mel(wave, c.sample_rate, c.n_mels, c.hop_length, c.win_length, c.fmax)
 
 
 def pad_frames(mel: torch.Tensor, multiple: int) -> torch.Tensor:

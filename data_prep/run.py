@@ -1,0 +1,152 @@
+"""Orchestrate shard tasks on Ray and write the run's manifest, errors and summary.
+
+On a cluster the driver attaches to the running Ray (``ray job submit`` sets RAY_ADDRESS, or
+pass --address); on one machine it starts an embedded Ray on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.inputs import InputItem, discover
+from data_prep.shard import _atomic_json, is_finished, stats_path, write_shard
+from svgen.config import Config, to_dict
+from svgen.shards import shard_name
+
+
+class PrepError(RuntimeError):
+    """The run cannot proceed as asked; the message says why and what to do."""
+
+
+def _fingerprint(items: list[InputItem], cfg: Config) -> str:
+    blob = json.dumps({"inputs": [asdict(i) for i in items], "data": to_dict(cfg)["data"],
+                       "prep": {k: v for k, v in to_dict(cfg)["prep"].items() if k not in ("workers", "max_retries")}},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _init_ray(address: str | None, workers: int):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=True)
+    return ray
+
+
+def run(source: str, output: str, cfg: Config, address: str | None = None, overwrite: bool = False,
+        progress: bool = True) -> dict:
+    t0 = time.time()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    items = discover(source, cfg.prep.extensions)
+    fp = _fingerprint(items, cfg)
+    run_file = out / "run.json"
+    if run_file.is_file():
+        prev = json.loads(run_file.read_text())
+        if prev.get("fingerprint") != fp and not overwrite:
+            raise PrepError(f"'{out}' holds shards of another input list or config (fingerprint "
+                            f"{prev.get('fingerprint')} != {fp}); choose a new --output or pass --overwrite")
+        if prev.get("fingerprint") != fp:
+            for f in out.glob("shard-*"):
+                f.unlink()
+    _atomic_json(run_file, {"fingerprint": fp, "source": str(source), "config": to_dict(cfg)})
+
+    n = cfg.prep.inputs_per_shard
+    shards = {k: items[k * n:(k + 1) * n] for k in range((len(items) + n - 1) // n)}
+    todo = [k for k in shards if not is_finished(out, k)]
+    skipped = len(shards) - len(todo)
+    failed: dict[int, str] = {}
+    if todo:
+        ray = _init_ray(address, cfg.prep.workers)
+        task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
+        limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
+        pending, queue, clips = {}, list(todo), 0
+        bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                k = queue.pop(0)
+                pending[task.remote(str(out), k, shards[k], cfg)] = k
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                k = pending.pop(ref)
+                try:
+                    clips += ray.get(ref)["num_clips"]
+                except Exception as e:  # noqa: BLE001 - a task that failed all its retries
+                    failed[k] = f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"
+                bar.update(1)
+                bar.set_postfix(clips=clips, failed=len(failed))
+        bar.close()
+    return finalize(out, shards, failed, skipped, time.time() - t0)
+
+
+def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, str], skipped: int,
+             seconds: float) -> dict:
+    """Rebuild manifest, errors and summary from every shard's stats: nothing is counted twice
+    and nothing is lost, however many runs it took."""
+    manifest, errors, clips, media, clip_sec, by_stage = [], [], 0, 0.0, 0.0, {}
+    for k, items in shards.items():
+        if k in failed or not is_finished(out, k):
+            reason = failed.get(k, "shard not finished")
+            for item in items:
+                errors.append({"input": item.path, "stage": "shard", "message": reason, "shard": shard_name(k)})
+            continue
+        stats = json.loads(stats_path(out, k).read_text())
+        clips += stats["num_clips"]
+        media += stats["media_seconds"]
+        clip_sec += stats["clip_seconds"]
+        by_input: dict[str, list] = {}
+        for c in stats["clips"]:
+            by_input.setdefault(c["input"], []).append(c["key"])
+        for item in items:
+            manifest.append({"input": item.path, "shard": stats["shard"], "clips": by_input.get(item.path, [])})
+        for e in stats["errors"]:
+            errors.append({**e, "shard": stats["shard"]})
+    for e in errors:
+        by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+    with open(out / "manifest.jsonl.tmp", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in manifest)
+    os.replace(out / "manifest.jsonl.tmp", out / "manifest.jsonl")
+    with open(out / "errors.jsonl.tmp", "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in errors)
+    os.replace(out / "errors.jsonl.tmp", out / "errors.jsonl")
+    inputs = sum(len(v) for v in shards.values())
+    failed_inputs = {e["input"] for e in errors}
+    summary = {
+        "inputs": inputs, "inputs_with_clips": sum(1 for m in manifest if m["clips"]),
+        "inputs_with_errors": len(failed_inputs), "clips_written": clips, "errors": len(errors),
+        "errors_by_stage": by_stage, "shards": len(shards), "shards_skipped": skipped,
+        "shards_failed": sorted(shard_name(k) for k in failed),
+        "media_hours": media / 3600, "clip_hours": clip_sec / 3600, "seconds": seconds,
+        "clips_per_second": clips / seconds if seconds > 0 else 0.0,
+    }
+    _atomic_json(out / "summary.json", summary)
+    return summary
+
+
+def report(summary: dict, out: str) -> str:
+    s = summary
+    lines = [
+        f"data prep: {s['inputs']} inputs -> {s['clips_written']} clips in {s['shards']} shards "
+        f"({s['shards_skipped']} already done) under {out}",
+        f"  media {s['media_hours']:.3f} h probed, {s['clip_hours']:.3f} h of clips; "
+        f"{s['seconds']:.1f}s, {s['clips_per_second']:.2f} clips/s",
+        f"  errors: {s['errors']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(s["errors_by_stage"].items())) + ")"
+                                      if s["errors"] else ""),
+        f"  manifest: {out}/manifest.jsonl  errors: {out}/errors.jsonl  summary: {out}/summary.json",
+    ]
+    if s["shards_failed"]:
+        lines.append(f"  failed shards (re-run the same command to retry): {', '.join(s['shards_failed'])}")
+    return "\n".join(lines)

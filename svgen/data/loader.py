@@ -1,0 +1,117 @@
+"""Read the shards written by data_prep: decode without pickle, shuffle, split by node and by
+worker; fail loudly (instead of hanging) when there are fewer shards than ranks x workers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import webdataset as wds
+
+from svgen.shards import decode_sample
+
+
+class ShardError(ValueError):
+    """The shard set cannot feed this job as configured; the message says how to fix it."""
+
+
+def shard_urls(source: str | Path) -> list[str]:
+    """A folder of shard-*.tar (as data_prep writes it), one .tar, or a list file of paths."""
+    src = Path(source)
+    if src.is_dir():
+        urls = sorted(str(p) for p in src.glob("shard-*.tar"))
+    elif src.suffix == ".tar" and src.is_file():
+        urls = [str(src)]
+    elif src.is_file():
+        urls = [l.strip() for l in src.read_text().splitlines() if l.strip()]
+    else:
+        raise ShardError(f"no shards at '{src}': give the data_prep output folder, a .tar or a list file")
+    if not urls:
+        raise ShardError(f"'{src}' holds no shard-*.tar files; run `python -m data_prep` first")
+    return urls
+
+
+def check_split(num_shards: int, world_size: int, num_workers: int) -> None:
+    need = world_size * max(1, num_workers)
+    if num_shards < need:
+        raise ShardError(f"{num_shards} shards cannot feed {world_size} ranks x {max(1, num_workers)} loader "
+                         f"workers ({need} readers): some readers would get no data and the job would hang at "
+                         f"the first collective. Write more, smaller shards (prep.inputs_per_shard) or lower "
+                         f"the loader workers.")
+
+
+class ClipStream(torch.utils.data.IterableDataset):
+    """Clips of the shards assigned to this rank and loader worker, shuffled per epoch.
+
+    Shards are split deterministically: the shard list is shuffled with (seed, epoch), identical on
+    every rank, then rank r takes every world_size-th shard and worker w every num_workers-th of
+    those. Samples are shuffled within a buffer.
+    """
+
+    def __init__(self, urls: list[str], rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle_buffer: int = 64, epoch: int = 0):
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def my_shards(self, worker: int, num_workers: int) -> list[str]:
+        check_split(len(self.urls), self.world_size, num_workers)
+        order = list(self.urls)
+        random.Random(self.seed * 100003 + self.epoch).shuffle(order)
+        return order[self.rank::self.world_size][worker::max(1, num_workers)]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = self.my_shards(worker, num_workers)
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(shards),
+            wds.tarfile_to_samples(handler=wds.reraise_exception),
+            wds.shuffle(self.shuffle_buffer, rng=rng) if self.shuffle_buffer > 1 else wds.map(lambda x: x),
+            wds.map(decode_sample),
+        )
+        for s in pipeline:
+            item = {"key": s["key"], "frames": torch.from_numpy(s["frames"]), "wave": torch.from_numpy(s["wave"]),
+                    "caption": s["meta"].get("caption", ""), "meta": s["meta"]}
+            if "mel" in s:
+                item["mel"] = torch.from_numpy(s["mel"])
+            yield item
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items],
+           "frames": torch.stack([i["frames"] for i in items]), "wave": torch.stack([i["wave"] for i in items]),
+           "meta": [i["meta"] for i in items]}
+    if all("mel" in i for i in items):
+        out["mel"] = torch.stack([i["mel"] for i in items])
+    return out
+
+
+def make_loader(source: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                seed: int = 0, shuffle_buffer: int = 64) -> torch.utils.data.DataLoader:
+    urls = shard_urls(source)
+    check_split(len(urls), world_size, num_workers)  # in the main process: an error, not a hang
+    ds = ClipStream(urls, rank, world_size, seed, shuffle_buffer)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                                       drop_last=True, persistent_workers=False)
+
+
+def repeat(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    """Endless batches, a new shuffle each epoch."""
+    epoch = 0
+    while True:
+        loader.dataset.set_epoch(epoch)
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ShardError("the shards yielded no full batch; lower train.batch_size or add data")
+        epoch += 1
+
+

@@ -1,0 +1,95 @@
+"""The shard schema shared by data prep (writer) and training (reader).
+
+One WebDataset sample per clip, keyed ``{input:06d}_{clip:04d}``, with these members:
+
+| member       | content                                                        |
+|--------------|----------------------------------------------------------------|
+| video.npy    | uint8 (F, H, W, 3) frames at the target fps, centre-cropped    |
+| audio.npy    | int16 (N,) mono PCM at the target sample rate                  |
+| mel.npy      | float16 (frames, n_mels) log-mel, when prep computed it        |
+| json         | clip metadata (source, window, caption, A/V offset, backend)   |
+
+Arrays are ``.npy`` bytes read with ``allow_pickle=False``: a shard can never run code when it is
+decoded. Like ``svgen.config``, this module imports nothing else from svgen, so ``data_prep``
+may depend on it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import math
+
+import numpy as np
+import torch
+import torchaudio
+
+SCHEMA_VERSION = 1
+VIDEO, AUDIO, MEL, META = "video.npy", "audio.npy", "mel.npy", "json"
+STATS_SUFFIX = ".stats.json"
+
+
+LOG_FLOOR = math.log(1e-5)
+"""log(clamp(x, 1e-5)): the value of silence in a log-mel, also used to pad mel frames."""
+
+
+def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
+            fmax: float) -> torch.Tensor:
+    """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (METHOD.md):
+    magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
+    log(clamp(x, 1e-5)). What ``mel.npy`` in a shard holds."""
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
+        f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney",
+        center=True).to(wave.device)(wave.float())
+    frames = wave.shape[-1] // hop_length
+    return torch.log(mel[..., :frames].clamp_min(1e-5)).transpose(-1, -2)
+
+
+def clip_key(input_index: int, clip_index: int) -> str:
+    return f"{input_index:06d}_{clip_index:04d}"
+
+
+def shard_name(shard_index: int) -> str:
+    return f"shard-{shard_index:06d}.tar"
+
+
+def encode_array(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_array(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def audio_to_pcm16(wave: np.ndarray) -> np.ndarray:
+    return (np.clip(wave, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
+def pcm16_to_audio(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32767.0
+
+
+def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str, Any],
+                  mel: np.ndarray | None = None) -> dict[str, Any]:
+    """A WebDataset sample dict (``__key__`` + members) for one clip."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    sample = {"__key__": key, VIDEO: encode_array(frames), AUDIO: encode_array(audio_to_pcm16(wave)),
+              META: json.dumps({"schema": SCHEMA_VERSION, **meta}).encode()}
+    if mel is not None:
+        sample[MEL] = encode_array(mel.astype(np.float16))
+    return sample
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw member bytes -> numpy arrays and metadata (no pickle anywhere)."""
+    out = {"key": sample["__key__"], "frames": decode_array(sample[VIDEO]),
+           "wave": pcm16_to_audio(decode_array(sample[AUDIO])), "meta": json.loads(sample[META])}
+    if MEL in sample:
+        out["mel"] = decode_array(sample[MEL]).astype(np.float32)
+    return out
