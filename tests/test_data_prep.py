@@ -1,0 +1,252 @@
+"""Data prep: sync on synthetic and real clips, bad inputs, atomic/resumable shards, manifests."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.inputs import InputError, discover
+from data_prep.run import PrepError, run
+from data_prep.stages import decode_clips, plan_windows, probe
+from svgen.config import load_config
+from svgen.data.loader import make_loader
+from svgen.shards import decode_sample
+
+from .conftest import ROOT, TINY
+from .media_fixtures import onset_time, write_flash_click
+
+MEDIA = ROOT.parent / "shared" / "media"
+EVENTS = [0.65, 1.4, 2.3]
+
+
+def _cfg(*sets):
+    return load_config(TINY, ["prep.workers=2", "prep.inputs_per_shard=2", *sets])
+
+
+def _clips(path, cfg):
+    p, err = probe(str(path))
+    assert err is None, err
+    windows, err = plan_windows(p, cfg.data, cfg.prep)
+    assert err is None, err
+    out = []
+    for clip, err in decode_clips(p, windows, cfg.data, cfg.prep):
+        assert err is None, err
+        out.append(clip)
+    return p, out
+
+
+def _assert_in_sync(clips, fps, sr, events, must_see=2):
+    """In every clip, each flash (first bright frame after dark) and its click lie within one frame."""
+    seen = 0
+    for c in clips:
+        bright = c.frames.reshape(len(c.frames), -1).mean(1) > 128
+        start = c.meta["start"]
+        for e in events:
+            if not (start <= e < start + len(bright) / fps - 1 / fps):
+                continue
+            rel = e - start
+            k = int(np.argmax(bright[int(rel * fps):])) + int(rel * fps)  # first lit frame at/after the event
+            click = onset_time(c.wave[int(max(rel - 0.1, 0) * sr):], sr)
+            assert click is not None, f"no click near {e}s in clip at {start}s"
+            click += max(rel - 0.1, 0)
+            assert abs(k / fps - click) <= 1 / fps + 1e-6, (e, start, k / fps, click)
+            assert abs(click - rel) < 0.01  # and the click is where the source put it
+            seen += 1
+    assert seen >= must_see
+
+
+@pytest.mark.parametrize("kind", ["plain", "audio_offset", "vfr"])
+def test_flash_and_click_stay_within_one_frame(tmp_path, kind):
+    cfg = _cfg("prep.stride=0.5")
+    kw = {"audio_offset": {"audio_start": 0.3},
+          "vfr": {"frame_times": [round(t, 4) for t in np.cumsum([0] + [0.03, 0.07] * 30)[:60]]}}.get(kind, {})
+    path = write_flash_click(tmp_path / f"{kind}.mp4", EVENTS, **kw)
+    p, clips = _clips(path, cfg)
+    if kind == "audio_offset":
+        assert p.av_offset == pytest.approx(0.3, abs=0.06)
+        assert all(c.meta["start"] >= p.audio_start - 1e-6 for c in clips)  # windows inside the overlap
+    _assert_in_sync(clips, cfg.data.fps, cfg.data.sample_rate, EVENTS)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_backends_agree(tmp_path, backend):
+    path = write_flash_click(tmp_path / "b.mp4", EVENTS)
+    _, clips = _clips(path, _cfg("prep.stride=0.5", f"prep.video_backend={backend}"))
+    _, ref = _clips(path, _cfg("prep.stride=0.5", "prep.video_backend=pyav"))
+    assert all(c.meta["video_backend"] == backend for c in clips)
+    for a, b in zip(clips, ref):
+        assert a.meta["frame_pts"] == pytest.approx(b.meta["frame_pts"], abs=1e-4)
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+
+
+def test_real_media(tmp_path):
+    """Each real clip yields exact-size clips: VFR, audio longer than video, odd height, 8-bit PCM
+    at 11.025 kHz, theora/vorbis in ogg, AVI without usable pts in decord."""
+    cfg = _cfg("prep.stride=0.5")
+    for f in sorted((MEDIA / "video").iterdir()):
+        p, clips = _clips(f, cfg)
+        assert clips, f.name
+        assert max(np.abs(c.wave).max() for c in clips) > 1e-2, f"{f.name}: audio lost"
+        for c in clips:
+            assert c.frames.shape == (8, 64, 64, 3) and c.wave.shape == (16000,)
+            assert c.meta["start"] >= max(p.video_start, p.audio_start) - 1e-6
+            assert c.meta["end"] <= min(p.video_end, p.audio_end) + 1e-6
+
+
+def test_dual_discs_click_position():
+    """The click of DualDiscs.mov (about 1.43 s) lands at the same place in the prepared clip."""
+    cfg = _cfg("prep.stride=0.25")
+    p, clips = _clips(MEDIA / "video" / "07_psychtoolbox_DualDiscs.mov", cfg)
+    clip = next(c for c in clips if c.meta["start"] <= 1.2 <= c.meta["end"] - 0.5)
+    env = np.abs(clip.wave)
+    peak = clip.meta["start"] + np.argmax(env) / cfg.data.sample_rate
+    assert peak == pytest.approx(1.43, abs=1 / cfg.data.fps)
+
+
+def test_bad_inputs_become_error_records(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = write_flash_click(src / "good.mp4", EVENTS)
+    data = good.read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (src / "corrupt.mp4").write_bytes(os.urandom(5000))
+    (src / "empty.mp4").write_bytes(b"")
+    write_flash_click(src / "noaudio.mp4", EVENTS, audio=False)
+    write_flash_click(src / "short.mp4", [0.2], duration=0.6)
+    shutil.copy(MEDIA / "audio" / "perc_snap.flac", src / "novideo.mp4")
+    rows = ["path,caption"] + [f"{p.name},cap {p.stem}" for p in sorted(src.iterdir())] + ["missing.mp4,none"]
+    (src / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    summary = run(str(src / "list.csv"), str(out), _cfg(), progress=False)
+    errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+    by_input = {Path(e["input"]).name: e for e in errors}
+    assert by_input["corrupt.mp4"]["stage"] == "probe"
+    assert "zero-length" in by_input["empty.mp4"]["message"]
+    assert "no audio" in by_input["noaudio.mp4"]["message"]
+    assert "no video" in by_input["novideo.mp4"]["message"]
+    assert "does not exist" in by_input["missing.mp4"]["message"]
+    assert "shorter than one window" in by_input["short.mp4"]["message"]
+    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    # Nothing is silently lost: every input has clips or an error record.
+    for m in manifest:
+        assert m["clips"] or Path(m["input"]).name in by_input, m
+    assert summary["inputs"] == len(rows) - 1
+    good_clips = next(m for m in manifest if m["input"].endswith("good.mp4"))["clips"]
+    assert len(good_clips) == 2  # a 3 s video whose last frame ends at 2.96 s: two 1 s windows
+    # Captions flow into the shard.
+    loader = make_loader(out, batch_size=1, shuffle_buffer=1)
+    captions = {b["caption"][0] for b in loader}
+    assert "cap good" in captions
+
+
+def test_no_audio_as_silence(tmp_path):
+    path = write_flash_click(tmp_path / "noaudio.mp4", EVENTS, audio=False)
+    _, clips = _clips(path, _cfg("prep.no_audio=silence"))
+    assert clips and all(c.meta["silent"] and not c.wave.any() for c in clips)
+
+
+def _shard_contents(out: Path) -> dict[str, str]:
+    import hashlib
+
+    keys = {}
+    for tar in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                if m.name.endswith("video.npy"):
+                    keys[m.name.split(".")[0]] = hashlib.sha1(t.extractfile(m).read()).hexdigest()
+    return keys
+
+
+def _inputs(tmp_path, n):
+    src = tmp_path / "in"
+    src.mkdir(exist_ok=True)
+    for i in range(n):
+        write_flash_click(src / f"v{i:02d}.mp4", [0.3 + 0.1 * i, 1.5], duration=2.5)
+    return src
+
+
+def test_rerun_skips_finished_shards_and_refuses_other_inputs(tmp_path):
+    src = _inputs(tmp_path, 4)
+    out = tmp_path / "out"
+    first = run(str(src), str(out), _cfg(), progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    second = run(str(src), str(out), _cfg(), progress=False)
+    assert second["shards_skipped"] == second["shards"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == mtimes
+    assert second["clips_written"] == first["clips_written"] == 8
+    write_flash_click(src / "v99.mp4", [0.5], duration=2.5)
+    with pytest.raises(PrepError, match="another input list"):
+        run(str(src), str(out), _cfg(), progress=False)
+
+
+def test_killed_run_resumes_to_the_same_shards(tmp_path):
+    src = _inputs(tmp_path, 6)
+    ref = tmp_path / "ref"
+    run(str(src), str(ref), _cfg("prep.inputs_per_shard=1"), progress=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", str(TINY),
+           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.stats.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(out.glob("*.stats.json")))
+    assert 2 <= done_before < 6, "the run should be killed part-way"
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards_skipped"] == done_before
+    assert _shard_contents(out) == _shard_contents(ref)  # same clips, no duplicates, same bytes
+    assert not list(out.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in out.glob(".*.tmp"))
+    keys = [k for k in _shard_contents(out)]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_input_formats(tmp_path):
+    src = _inputs(tmp_path, 2)
+    exts = [".mp4"]
+    assert [Path(i.path).name for i in discover(src, exts)] == ["v00.mp4", "v01.mp4"]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "in/v01.mp4", "caption": "hit", "start": 0.5, "end": 2.0}) + "\n")
+    (item,) = discover(tmp_path / "m.jsonl", exts)
+    assert item.caption == "hit" and item.start == 0.5 and item.end == 2.0 and Path(item.path).is_file()
+    (tmp_path / "gh.txt").write_text("in/v00.mp4,a stick hits wood\nin/v01.mp4,scratch\n")
+    items = discover(tmp_path / "gh.txt", exts)
+    assert [i.caption for i in items] == ["a stick hits wood", "scratch"]
+    (tmp_path / "bad.csv").write_text("file,caption\nx.mp4,y\n")
+    with pytest.raises(InputError, match="'path' column"):
+        discover(tmp_path / "bad.csv", exts)
+    with pytest.raises(InputError, match="does not exist"):
+        discover(tmp_path / "nope", exts)
+    # A manifest sub-range limits the windows.
+    out = tmp_path / "out"
+    run(str(tmp_path / "m.jsonl"), str(out), _cfg(), progress=False)
+    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest[0]["clips"]) == 1
+
+
+def test_shards_decode_without_pickle(tmp_path):
+    src = _inputs(tmp_path, 2)
+    out = tmp_path / "out"
+    run(str(src), str(out), _cfg("prep.inputs_per_shard=1"), progress=False)
+    with tarfile.open(out / "shard-000000.tar") as t:
+        members = {m.name: t.extractfile(m).read() for m in t.getmembers()}
+    key = sorted(members)[0].split(".")[0]
+    sample = {"__key__": key, **{n[len(key) + 1:]: b for n, b in members.items() if n.startswith(key)}}
+    s = decode_sample(sample)
+    assert s["frames"].dtype == np.uint8 and s["mel"].shape == (100, 64)
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    sample["video.npy"] = buf.getvalue()
+    with pytest.raises(ValueError, match="pickle"):
+        decode_sample(sample)
