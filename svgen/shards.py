@@ -16,6 +16,7 @@ may depend on it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Any
@@ -40,12 +41,17 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, 
     """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (METHOD.md):
     magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
     log(clamp(x, 1e-5)). What ``mel.npy`` in a shard holds."""
-    mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
-        f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney",
-        center=True).to(wave.device)(wave.float())
+    mel = _mel_transform(sample_rate, n_mels, hop_length, win_length, fmax).to(wave.device)(wave.float())
     frames = wave.shape[-1] // hop_length
     return torch.log(mel[..., :frames].clamp_min(1e-5)).transpose(-1, -2)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(sample_rate: int, n_mels: int, hop_length: int, win_length: int, fmax: float):
+    # Built once per setting: the filterbank costs more than one clip's STFT.
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
+        f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney", center=True)
 
 
 def clip_key(input_index: int, clip_index: int) -> str:

@@ -1,0 +1,83 @@
+"""Data-prep throughput (issue 3), all on the same inputs in one run:
+
+- decode alone: probe + window planning + frame/audio decode, one process (the limit);
+- the full pipeline (Ray tasks, resize, mel, shard writing, stats) with 1 and with 2 workers;
+- their ratio (full at 1 worker / decode alone; target >= 0.8) and the 1 -> 2 worker speed-up.
+
+Ray is started before timing, so its start-up is not counted.
+
+    python benchmarks/data_prep.py [--videos 8] [--seconds 12] [--config configs/greatesthits.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+
+from data_prep.run import _init_ray, run  # noqa: E402
+from data_prep.stages import decode_clips, plan_windows, probe  # noqa: E402
+from media_fixtures import write_flash_click  # noqa: E402
+from svgen.config import load_config  # noqa: E402
+
+
+def _warm() -> None:
+    import data_prep.shard  # noqa: F401
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--size", type=int, default=320, help="source frame size in pixels")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "greatesthits.yaml"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        src = tmp / "in"
+        src.mkdir()
+        for i in range(args.videos):
+            write_flash_click(src / f"v{i:02d}.mp4", [1.0 + 0.37 * k for k in range(int(args.seconds) - 2)],
+                              duration=args.seconds, size=args.size, fps=30, sample_rate=44100)
+        cfg = load_config(args.config, ["prep.inputs_per_shard=1"])
+        print(f"inputs: {args.videos} x {args.seconds:.0f}s {args.size}px 30fps h264 + aac 44.1k; "
+              f"clips {cfg.data.seconds:.0f}s @ {cfg.data.fps}fps {cfg.data.size}px, 16k audio, mel={cfg.prep.mel}")
+
+        torch.set_num_threads(1)  # as in each Ray task: one CPU per shard task
+        t0 = time.perf_counter()
+        n = 0
+        for f in sorted(src.iterdir()):
+            p, _ = probe(str(f))
+            windows, _ = plan_windows(p, cfg.data, cfg.prep)
+            n += sum(1 for clip, err in decode_clips(p, windows, cfg.data, cfg.prep) if clip is not None)
+        decode = n / (time.perf_counter() - t0)
+        print(f"decode alone (1 process): {decode:.2f} clips/s ({n} clips)")
+
+        ray = _init_ray(None, 2)
+        # Warm the worker processes (imports of torch, decord, PyAV), as on a long-running cluster.
+        ray.get([ray.remote(num_cpus=1)(_warm).remote() for _ in range(2)])
+        rates = {}
+        for workers in (1, 2):
+            out = tmp / f"out{workers}"
+            cfg.prep.workers = workers
+            t0 = time.perf_counter()
+            s = run(str(src), str(out), cfg, progress=False)
+            rates[workers] = s["clips_written"] / (time.perf_counter() - t0)
+            print(f"full pipeline, {workers} worker(s): {rates[workers]:.2f} clips/s ({s['clips_written']} clips)")
+        print(f"ratio full(1 worker) / decode alone: {rates[1] / decode:.2f}  (target >= 0.8)")
+        print(f"speed-up 1 -> 2 workers: {rates[2] / rates[1]:.2f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
