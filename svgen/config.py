@@ -239,6 +239,30 @@ class TrainConfig:
     """Log metrics every N steps."""
     out_dir: str = "runs/default"
     """Where checkpoints, samples and logs of this run go."""
+    grad_accum: int = 1
+    """Micro batches per optimizer step; global batch = batch_size x grad_accum x world size."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0-3) for the trained weights and their optimizer state."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Trained-module precision under DeepSpeed (bf16 keeps fp32 master weights)."""
+    activation_checkpointing: bool = False
+    """Recompute the base UNets' block activations in backward (saves memory, costs compute)."""
+    ema_decay: float = 0.9999
+    """Decay of the EMA of trained weights (0 disables the EMA)."""
+    warmup_steps: int = 0
+    """Linear LR warm-up steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """LR after warm-up: constant (reference) or cosine decay to 0 at train.steps."""
+    save_every: int = 1000
+    """Checkpoint every N steps (also on SIGTERM/SIGUSR1 and at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted after a newer one is complete."""
+    shards: str = ""
+    """Training data: a data_prep output folder (or .tar / list file of shard paths)."""
+    loader_workers: int = 0
+    """DataLoader worker processes per rank."""
+    val_every: int = 0
+    """Sample and log a validation mp4 every N steps (0: only at the end)."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
@@ -250,6 +274,14 @@ class TrainConfig:
                "must be two numbers in [0, 1)")
         _check(self.grad_clip >= 0, f"{where}.grad_clip", "must be >= 0")
         _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+        _check(self.grad_accum >= 1, f"{where}.grad_accum", "must be >= 1")
+        _check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "must be 0, 1, 2 or 3")
+        _check(0.0 <= self.ema_decay < 1.0, f"{where}.ema_decay", "must be in [0, 1)")
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", "must be >= 0")
+        _check(self.save_every >= 1, f"{where}.save_every", "must be >= 1")
+        _check(self.keep_last >= 1, f"{where}.keep_last", "must be >= 1")
+        _check(self.loader_workers >= 0, f"{where}.loader_workers", "must be >= 0")
+        _check(self.val_every >= 0, f"{where}.val_every", "must be >= 0")
 
 
 @dataclass
@@ -280,6 +312,20 @@ class SampleConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment tracking (MLflow on rank 0)."""
+
+    backend: Literal["mlflow", "none"] = "mlflow"
+    """Tracker backend."""
+    tracking_uri: str = "sqlite:///runs/mlflow.db"
+    """MLflow store; the MLFLOW_TRACKING_URI environment variable takes precedence."""
+    experiment: str = "svgen"
+    """MLflow experiment name."""
+    run_name: str = ""
+    """MLflow run name (default: the out_dir's name)."""
+
+
+@dataclass
 class Config:
     """Everything one svgen run needs."""
 
@@ -293,6 +339,8 @@ class Config:
     """Training."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Sampling."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """Experiment tracking."""
 
     def __post_init__(self) -> None:
         validate(self)

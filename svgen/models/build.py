@@ -28,8 +28,8 @@ class JointSystem:
     empty_v: torch.Tensor
 
     def to(self, device: torch.device) -> "JointSystem":
-        for m in (self.model, self.audio.vae, self.audio.vocoder, self.audio.text_encoder,
-                  self.video.vae, self.video.text_encoder):
+        self.model.to_device(device)
+        for m in (self.audio.vae, self.audio.vocoder, self.audio.text_encoder, self.video.vae, self.video.text_encoder):
             m.to(device)
         self.empty_a, self.empty_v = self.empty_a.to(device), self.empty_v.to(device)
         return self

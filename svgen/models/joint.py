@@ -45,11 +45,19 @@ class JointInputs:
 
 
 class JointModel(nn.Module):
+    """The trainable joint denoiser.
+
+    The frozen base UNets are *referenced, not registered*: this module's parameters and
+    state_dict hold only what is trained (encoders, cross-modal blocks, and the video motion
+    modules when they are switched on, registered under ``motion_modules``). A distributed
+    wrapper (DeepSpeed ZeRO) therefore partitions and checkpoints only trained weights, while
+    each rank keeps the frozen bases whole, in their own dtype, never gathered.
+    """
+
     def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.audio_unet = audio.unet
-        self.video_unet = video.unet
+        self._bases = (audio.unet, video.unet)  # a tuple: nn.Module does not register it
         self.audio_runner = AudioUNetRunner(audio.unet)
         self.video_runner = VideoUNetRunner(video.unet)
         if self.audio_runner.num_down != self.video_runner.num_down:
@@ -75,12 +83,29 @@ class JointModel(nn.Module):
             for key, width in points:
                 blocks[key] = make_block(c.mode, width, e.context_dim, c.heads, c.depth,
                                          per_frame=modality == "v", resample=c.resample, kernel=c.kernel)
-        self.video_unet.requires_grad_(False)
-        self.audio_unet.requires_grad_(False)
+        audio.unet.requires_grad_(False)
+        video.unet.requires_grad_(False)
+        audio.unet.eval()
+        video.unet.eval()
         if cfg.train_motion_modules:
-            for name, p in self.video_unet.named_parameters():
-                if "motion_modules" in name:
-                    p.requires_grad_(True)
+            mm = [m for name, m in video.unet.named_modules() if name.endswith("motion_modules")]
+            self.motion_modules = nn.ModuleList(mm)
+            self.motion_modules.requires_grad_(True)
+
+    @property
+    def audio_unet(self) -> nn.Module:
+        return self._bases[0]
+
+    @property
+    def video_unet(self) -> nn.Module:
+        return self._bases[1]
+
+    def frozen_parameters(self) -> dict[str, nn.Parameter]:
+        """Base weights that are not trained, by name (audio_unet.*, video_unet.*)."""
+        out = {}
+        for prefix, unet in (("audio_unet", self.audio_unet), ("video_unet", self.video_unet)):
+            out.update({f"{prefix}.{n}": p for n, p in unet.named_parameters() if not p.requires_grad})
+        return out
 
     # ---------------------------------------------------------------------------------------
     def added_modules(self) -> list[nn.Module]:
@@ -94,19 +119,24 @@ class JointModel(nn.Module):
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def parameter_counts(self) -> dict[str, int]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return {"trainable": trainable, "frozen": total - trainable, "total": total}
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        frozen = sum(p.numel() for p in self.frozen_parameters().values())
+        return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
 
     def train(self, mode: bool = True) -> "JointModel":
-        """Frozen bases stay in eval mode (no dropout); motion modules follow when trained."""
+        """Frozen bases stay in eval mode (no dropout); registered motion modules follow ``mode``."""
         super().train(mode)
         self.audio_unet.eval()
         self.video_unet.eval()
         if mode and self.cfg.train_motion_modules:
-            for name, m in self.video_unet.named_modules():
-                if name.endswith("motion_modules"):
-                    m.train()
+            self.motion_modules.train()
+        return self
+
+    def to_device(self, device: torch.device) -> "JointModel":
+        """Move the trained modules and the referenced bases (``.to`` moves only the former)."""
+        self.to(device)
+        self.audio_unet.to(device)
+        self.video_unet.to(device)
         return self
 
     # ---------------------------------------------------------------------------------------

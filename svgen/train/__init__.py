@@ -1,0 +1,1 @@
+"""Distributed training: DeepSpeed engine setup, EMA, checkpoints, the loop (launch/train.py)."""

@@ -1,0 +1,97 @@
+"""The one place that wraps the joint model for distributed training (STYLE.md, convention 4):
+DeepSpeed config generated from the typed config, ZeRO over the trained modules only, AdamW,
+LR schedule, activation checkpointing of the frozen UNets.
+
+Frozen bases never enter the engine: JointModel references them without registering them, so
+under ZeRO 1/2/3 each rank holds them whole in their dtype and nothing gathers or partitions
+them; ZeRO shards only the trained weights, their gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from svgen.config import Config
+from svgen.models.joint import JointModel
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """Micro batch, accumulation and global batch from one source of truth (train.*)."""
+    t = cfg.train
+    ds = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.batch_size * t.grad_accum * world_size,
+        "gradient_clipping": t.grad_clip if t.grad_clip > 0 else 0.0,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": t.precision == "bf16"},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if t.zero_stage == 3:
+        # Trained modules are small next to the bases: keep whole-module gathers cheap and
+        # avoid prefetch buckets sized for LLMs.
+        ds["zero_optimization"].update({"stage3_param_persistence_threshold": 0,
+                                        "stage3_prefetch_bucket_size": 5e7})
+    return ds
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "cosine":
+            span = max(1, t.steps - t.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.warmup_steps) / span)))
+        return 1.0
+    return f
+
+
+def enable_activation_checkpointing(model: JointModel) -> None:
+    """Recompute the frozen UNets' block activations in backward (diffusers' own mechanism)."""
+    for unet in (model.audio_unet, model.video_unet):
+        unet.enable_gradient_checkpointing()
+        unet.train()  # diffusers checkpoints only when training and grads are enabled
+        # ...but no dropout in the frozen bases: all their dropout layers stay in eval mode.
+        for m in unet.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+
+
+def build_engine(model: JointModel, cfg: Config, world_size: int):
+    """(engine, optimizer, scheduler) over the trainable parameters only."""
+    import deepspeed
+
+    if cfg.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    params = model.trainable_parameters()
+    if not params:
+        raise ValueError("the joint model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                                 config=deepspeed_config(cfg, world_size))
+    return engine, opt, sched
+
+
+def gathered(engine, params):
+    """Context giving full parameter values on every rank (a no-op below ZeRO-3)."""
+    import contextlib
+
+    import deepspeed
+
+    if engine.zero_optimization_stage() == 3:
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def trained_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Full trained weights (fp32, CPU) on every rank, whatever the ZeRO stage."""
+    module = engine.module
+    named = dict(module.named_parameters())
+    with gathered(engine, named.values()):
+        return {n: p.detach().float().cpu().clone() for n, p in named.items()}
