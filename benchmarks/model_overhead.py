@@ -26,7 +26,7 @@ from svgen.diffusion.objective import LatentBatch, joint_loss  # noqa: E402
 from svgen.media.codec import latent_shapes  # noqa: E402
 from svgen.models.build import build_system  # noqa: E402
 from svgen.models.tiny import build_tiny_bases  # noqa: E402
-from svgen.train_loop import make_optimizer  # noqa: E402
+from svgen.train.engine import make_optimizer  # noqa: E402
 
 CONFIGS = {
     # name: (tiny-base width, overrides)
@@ -58,7 +58,7 @@ def run(name: str, width: int, overrides: list[str], repeats: int, root: Path) -
     g = torch.Generator().manual_seed(0)
     batch = LatentBatch(torch.randn(shape_a, generator=g), torch.randn(shape_v, generator=g),
                         *system.encode_text(["x"]))
-    opt = make_optimizer(system, cfg.train)
+    opt = make_optimizer(system.model, cfg)
 
     def joint_step():
         loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a,

@@ -1,31 +1,29 @@
-"""The main job on an embedded default: synthetic sounding clips (mp4) -> Ray data prep into
-WebDataset shards -> train the joint model over tiny bases from those shards -> sample one
-sounding video as an mp4.
+"""The main job on an embedded default, end to end on one machine:
+
+  synthetic sounding clips (mp4, flash + click) -> Ray data prep into WebDataset shards ->
+  DeepSpeed training of the joint model over tiny frozen bases -> a sampled mp4 with sound ->
+  one MLflow run holding the metrics, the config and the sample.
 
     python -m launch.demo                       # what `make demo` runs
     python -m launch.demo --set train.steps=200 --out runs/demo2
 
-Everything it makes goes under --out (default runs/demo); it prints where at the end.
+Everything goes under --out (default runs/demo); the end of the output says where.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 from data_prep.run import report
 from data_prep.run import run as run_prep
-from svgen.config import load_config, to_yaml
-from svgen.data.latents import latent_stream
-from svgen.data.loader import make_loader, repeat
+from svgen.config import load_config
 from svgen.data.synthetic import make_clip
-from svgen.generate import generate, save_sounding_videos
 from svgen.media.mp4 import probe, write_mp4
-from svgen.models.build import build_system
 from svgen.models.tiny import build_tiny_bases
-from svgen.train_loop import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
@@ -52,37 +50,34 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.time()
-    out = Path(args.out)
-    cfg = load_config(args.config, args.set)
+    out = Path(args.out).resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
+    cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.shards={out}/shards",
+                                    f"track.tracking_uri={uri}", "track.run_name=demo"] + args.set)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
     if not Path(cfg.model.audio.path).exists() or not Path(cfg.model.video.path).exists():
         root = Path(cfg.model.audio.path).parent
         print(f"[demo] building tiny random bases under {root}")
         build_tiny_bases(root, n_mels=cfg.data.n_mels, hop_length=cfg.data.hop_length,
                          sample_rate=cfg.data.sample_rate)
-    system = build_system(cfg)
-    counts = system.model.parameter_counts()
-    print(f"[demo] joint model: {counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
 
     manifest = write_synthetic_videos(out / "raw", cfg, args.clips)
-    summary = run_prep(str(manifest), str(out / "shards"), cfg, progress=True)
-    print(report(summary, str(out / "shards")))
-    loader = make_loader(out / "shards", cfg.train.batch_size, seed=cfg.train.seed)
-    history = train(system, latent_stream(system, repeat(loader), cfg.data), cfg.train)
-    first = sum(h["loss"] for h in history[:5]) / max(1, len(history[:5]))
-    last = sum(h["loss"] for h in history[-5:]) / max(1, len(history[-5:]))
-    print(f"[demo] trained {len(history)} steps: loss {first:.4f} -> {last:.4f} (mean of first/last 5)")
+    print(f"[demo] {args.clips} synthetic sounding videos in {manifest.parent}")
+    summary = run_prep(str(manifest), cfg.train.shards, cfg, overwrite=True)
+    print(report(summary, cfg.train.shards))
 
-    frames, wave = generate(system, [cfg.sample.prompt], cfg.data, cfg.sample)
-    (mp4,) = save_sounding_videos(out / "samples", frames, wave, cfg.data)
-    info = probe(mp4)
-    summary = {"config": str(out / "config.yaml"), "shards": str(out / "shards"), "sample": str(mp4), "probe": info,
-               "parameters": counts, "loss_first": first, "loss_last": last, "seconds": time.time() - t0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from svgen.train.loop import train  # imports DeepSpeed: after data prep, which does not need it
+
+    result = train(cfg, resume="none")
+    info = probe(result["sample"])
     kinds = ", ".join(f"{s['type']} {s['codec']} {s['duration']:.2f}s" for s in info["streams"])
-    print(f"[demo] sample: {mp4} ({kinds})")
-    print(f"[demo] config: {out / 'config.yaml'}   summary: {out / 'summary.json'}")
+    (out / "summary.json").write_text(json.dumps({**result, "probe": info, "seconds": time.time() - t0}, indent=2))
+    print(f"[demo] sample: {result['sample']} ({kinds})")
+    print(f"[demo] trained weights: {result['weights']} (EMA: {result.get('ema_weights')})")
+    print(f"[demo] shards: {cfg.train.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")
+    print(f"[demo] MLflow run {result['run_id']}; to browse it:")
+    print(f"       MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --workers 1 --host 127.0.0.1 "
+          f"--backend-store-uri {uri}")
     print(f"[demo] done in {time.time() - t0:.0f}s")
 
 

@@ -46,3 +46,23 @@ def system_factory(tiny_bases):
     def make(*overrides: str, seed: int = 0):
         return build_system(load_config(TINY, tiny_overrides(tiny_bases) + list(overrides)), seed=seed)
     return make
+
+
+def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, **train_overrides) -> list[float]:
+    """A few single-process AdamW steps of the METHOD.md objective on one batch (component tests;
+    the real loop is svgen.train.loop, tested in test_train.py)."""
+    from svgen.config import TrainConfig
+    from svgen.diffusion.objective import joint_loss
+
+    cfg = TrainConfig(lr=lr, **train_overrides)
+    opt = torch.optim.AdamW(system.model.trainable_parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    system.model.train()
+    losses = []
+    for _ in range(steps):
+        loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v, cfg, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

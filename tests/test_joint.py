@@ -5,7 +5,10 @@ import torch
 
 from svgen.diffusion.objective import LatentBatch
 from svgen.models.joint import JointInputs
-from svgen.train_loop import make_optimizer, train
+from svgen.config import load_config
+from svgen.train.engine import make_optimizer
+
+from .conftest import TINY, local_steps
 
 
 def _inputs(system, b=2, seed=0):
@@ -61,7 +64,7 @@ def test_optimizer_sees_only_added_modules(system_factory):
     system = system_factory()
     model = system.model
     added = {id(p) for m in model.added_modules() for p in m.parameters()}
-    opt = make_optimizer(system, _cfg(system))
+    opt = make_optimizer(system.model, load_config(TINY))
     seen = {id(p) for g in opt.param_groups for p in g["params"]}
     assert seen == added
     counts = model.parameter_counts()
@@ -86,11 +89,6 @@ def test_motion_modules_switch(system_factory):
     assert not system.model.audio_unet.training
 
 
-def _cfg(system):
-    from svgen.config import TrainConfig
-    return TrainConfig(lr=1e-3, steps=3, batch_size=2)
-
-
 @pytest.mark.parametrize("motion", [False, True])
 def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion):
     system = system_factory(f"model.train_motion_modules={str(motion).lower()}")
@@ -100,7 +98,7 @@ def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion)
     g = torch.Generator().manual_seed(1)
     batch = LatentBatch(torch.randn(2, 8, 32, 16, generator=g), torch.randn(2, 4, 8, 8, 8, generator=g),
                         *system.encode_text(["x", "y"]))
-    train(system, [batch], _cfg(system), steps=3, progress=False)
+    local_steps(system, batch, steps=3)
     assert len(frozen) > 50
     for n, p in model.frozen_parameters().items():
         assert torch.equal(p, frozen[n]), f"frozen weight {n} changed"

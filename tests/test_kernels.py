@@ -108,9 +108,9 @@ def test_compile_variant_matches_reference():
 
 
 def test_joint_model_trains_the_same_with_either_path(system_factory):
-    from svgen.config import TrainConfig
     from svgen.diffusion.objective import LatentBatch
-    from svgen.train_loop import train
+
+    from .conftest import local_steps
 
     curves = {}
     for kernel in ("reference", "triton"):
@@ -118,7 +118,6 @@ def test_joint_model_trains_the_same_with_either_path(system_factory):
         g = torch.Generator().manual_seed(0)
         batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
                             *system.encode_text(["a"]))
-        hist = train(system, [batch], TrainConfig(lr=1e-3, steps=3, batch_size=1), progress=False)
-        curves[kernel] = [h["loss"] for h in hist]
+        curves[kernel] = local_steps(system, batch, steps=3)
     for r, t in zip(curves["reference"], curves["triton"]):
         assert abs(r - t) <= 1e-4 * max(1.0, abs(r)), curves

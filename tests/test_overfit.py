@@ -4,9 +4,11 @@ over the frozen random bases."""
 
 import torch
 
-from svgen.config import TrainConfig
+from svgen.config import TrainConfig, load_config
 from svgen.diffusion.objective import LatentBatch, joint_loss
-from svgen.train_loop import make_optimizer
+from svgen.train.engine import make_optimizer
+
+from .conftest import TINY
 
 
 def test_tiny_model_overfits_one_batch(system_factory):
@@ -15,7 +17,7 @@ def test_tiny_model_overfits_one_batch(system_factory):
     g = torch.Generator().manual_seed(0)
     batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
                         *system.encode_text(["a red square flashes with a click"]))
-    opt = make_optimizer(system, cfg)
+    opt = make_optimizer(system.model, load_config(TINY, ["train.lr=3e-3"]))
     losses = []
     for step in range(300):
         loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v,

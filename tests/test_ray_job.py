@@ -22,7 +22,11 @@ def ray_head(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+    # `ray stop` ends every Ray process on the machine: first shut down the embedded Ray that
+    # earlier in-process data-prep tests started, or its loss would take this pytest process down.
+    import ray
+
+    ray.shutdown()
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6389",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD}", "--num-cpus=2",
                             "--include-dashboard=true", "--disable-usage-stats"],
@@ -31,7 +35,7 @@ def ray_head(tmp_path):
     try:
         yield env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run([str(BIN / "ray"), "stop"], env=env, capture_output=True, timeout=120)
 
 
 def test_ray_job_submit_round_trip(tmp_path, ray_head):

@@ -62,16 +62,22 @@ def enable_activation_checkpointing(model: JointModel) -> None:
                 m.eval()
 
 
+def make_optimizer(model: JointModel, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (added modules, plus motion modules if switched on)."""
+    params = model.trainable_parameters()
+    if not params:
+        raise ValueError("the joint model has no trainable parameters")
+    t = cfg.train
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
 def build_engine(model: JointModel, cfg: Config, world_size: int):
     """(engine, optimizer, scheduler) over the trainable parameters only."""
     import deepspeed
 
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
-    params = model.trainable_parameters()
-    if not params:
-        raise ValueError("the joint model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                  config=deepspeed_config(cfg, world_size))
