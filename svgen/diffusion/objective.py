@@ -39,10 +39,13 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def joint_loss(model, sched_a: Schedule, sched_v: Schedule, batch: LatentBatch,
                empty_a: torch.Tensor, empty_v: torch.Tensor, cfg: TrainConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               generator: torch.Generator | None = None, skip_unused_pass: bool = True
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and per-modality metrics for one batch.
 
     ``empty_a`` (D,) and ``empty_v`` (L, D) are the empty-prompt embeddings used for caption dropout.
+    ``skip_unused_pass``: skip the x0_hat pass when every estimate would be zeroed. Callers whose
+    forward is collective (ZeRO-3 gathers weights in it) pass False, since ranks draw different masks.
     """
     x_a, x_v = batch.x_a, batch.x_v
     b, dev = x_a.shape[0], x_a.device
@@ -61,7 +64,7 @@ def joint_loss(model, sched_a: Schedule, sched_v: Schedule, batch: LatentBatch,
     keep_a = ~_bernoulli(cfg.x0_zero_prob, b, dev, generator)
     keep_v = ~_bernoulli(cfg.x0_zero_prob, b, dev, generator)
     x0_a, x0_v = torch.zeros_like(zc_a), torch.zeros_like(zc_v)
-    if keep_a.any() or keep_v.any():  # the no-grad pass is wasted when every estimate is zeroed
+    if not skip_unused_pass or keep_a.any() or keep_v.any():  # wasted when every estimate is zeroed
         with torch.no_grad():
             out_a, out_v = model(JointInputs(z_a, z_v, t, t, text_a, text_v,
                                              torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))

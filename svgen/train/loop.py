@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -43,6 +44,9 @@ class _StopFlag:
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame):
+        if self.raised is not None:  # a second signal: stop now (e.g. a rank stuck in a collective)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self.raised = signal.Signals(signum).name
 
 
@@ -178,7 +182,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             t1 = time.perf_counter()
             batch = to_latents(system, raw, cfg.data)
             loss, metrics = joint_loss(engine, system.sched_a, system.sched_v, batch, system.empty_a,
-                                       system.empty_v, t, gen)
+                                       system.empty_v, t, gen, skip_unused_pass=t.zero_stage < 3)
             engine.backward(loss)
             engine.step()
             wait += t1 - t0
