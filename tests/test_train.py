@@ -187,7 +187,8 @@ def test_sbatch_refuses_outside_slurm():
 def test_deepspeed_config_has_one_source_of_truth(tiny_cfg):
     from svgen.train.engine import deepspeed_config
 
-    cfg = tiny_cfg("train.batch_size=3", "train.grad_accum=4", "train.zero_stage=3", "train.grad_clip=0.5")
+    cfg = tiny_cfg("train.batch_size=3", "train.grad_accum=4", "train.zero_stage=3", "train.grad_clip=0.5",
+                   "train.precision=bf16")
     ds = deepspeed_config(cfg, world_size=8)
     assert ds["train_batch_size"] == 3 * 4 * 8
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 4

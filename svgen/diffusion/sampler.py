@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm import tqdm
 
@@ -17,20 +19,66 @@ def final_alpha(sched: Schedule) -> float:
     return sched.alphas_cumprod[0].item()
 
 
+@dataclass
+class Given:
+    """A modality held fixed where ``mask`` is 1 (the replacement approach of the reference code):
+    at every step that region is the clean latent re-noised to the modality's current timestep,
+    and at the end it is the clean latent itself. mask = 1 everywhere: video-to-audio or
+    audio-to-video; 1 on a time prefix: continuation of a clip."""
+
+    latent: torch.Tensor
+    mask: torch.Tensor
+
+    @staticmethod
+    def prefix(latent: torch.Tensor, fraction: float) -> "Given":
+        """Hold the first ``fraction`` of the time axis (axis 2 in both latent layouts)."""
+        mask = torch.zeros_like(latent)
+        mask[:, :, : round(fraction * latent.shape[2])] = 1.0
+        return Given(latent, mask)
+
+    @staticmethod
+    def whole(latent: torch.Tensor) -> "Given":
+        return Given(latent, torch.ones_like(latent))
+
+
+def _randn(shape: tuple, generator, device) -> torch.Tensor:
+    """Noise for a batch; a list of generators gives each item its own stream, so an item comes
+    out the same whatever batch it is sampled in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generator])
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def _impose(z: torch.Tensor, given: Given | None, sched: Schedule, t: int, eps: torch.Tensor) -> torch.Tensor:
+    if given is None:
+        return z
+    if t < 0:
+        target = given.latent.float()
+    else:
+        target = sched.add_noise(given.latent.float(), eps, torch.full((z.shape[0],), t, device=z.device))
+    return given.mask * target + (1 - given.mask) * z
+
+
 @torch.no_grad()
 def sample_latents(model, sched_a: Schedule, sched_v: Schedule, text_a: torch.Tensor, text_v: torch.Tensor,
                    neg_a: torch.Tensor, neg_v: torch.Tensor, shape_a: tuple, shape_v: tuple,
                    cfg: SampleConfig, generator: torch.Generator | None = None,
-                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: bool = True, given_a: Given | None = None, given_v: Given | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate (audio latents, video latents) for a batch of prompts.
 
     text_a (B, D) / text_v (B, L, D) are the prompt embeddings; neg_a / neg_v the negative
     prompt's, used as the unconditional branch. Each modality steps on its own warped grid.
+    ``given_a`` / ``given_v`` hold (part of) a modality fixed: conditional generation.
     """
     dev = text_a.device
-    dtype = torch.float32
-    z_a = torch.randn(shape_a, generator=generator, device=dev, dtype=dtype)
-    z_v = torch.randn(shape_v, generator=generator, device=dev, dtype=dtype)
+    z_a, z_v = _randn(shape_a, generator, dev), _randn(shape_v, generator, dev)
+    # One fixed noise per given modality: its re-noised versions lie on one forward trajectory.
+    eps_a = _randn(shape_a, generator, dev) if given_a is not None else None
+    eps_v = _randn(shape_v, generator, dev) if given_v is not None else None
+    step_gen = generator[0] if isinstance(generator, (list, tuple)) else generator
     x0_a, x0_v = torch.zeros_like(z_a), torch.zeros_like(z_v)
     grid_a, grid_v = adjusted_grids(cfg.steps, cfg.gamma, sched_a.num_train_timesteps)
     b = shape_a[0]
@@ -40,6 +88,11 @@ def sample_latents(model, sched_a: Schedule, sched_v: Schedule, text_a: torch.Te
         text_v = torch.cat([text_v, neg_v.expand_as(text_v)])
     steps = list(zip(transitions(grid_a), transitions(grid_v)))
     for (t_a, prev_a), (t_v, prev_v) in tqdm(steps, desc="sampling", disable=not progress):
+        z_a, z_v = _impose(z_a, given_a, sched_a, t_a, eps_a), _impose(z_v, given_v, sched_v, t_v, eps_v)
+        if given_a is not None:
+            x0_a = given_a.mask * given_a.latent.float() + (1 - given_a.mask) * x0_a
+        if given_v is not None:
+            x0_v = given_v.mask * given_v.latent.float() + (1 - given_v.mask) * x0_v
         reps = 2 if guided else 1
         ta = torch.full((b * reps,), t_a, device=dev, dtype=torch.long)
         tv = torch.full((b * reps,), t_v, device=dev, dtype=torch.long)
@@ -54,7 +107,7 @@ def sample_latents(model, sched_a: Schedule, sched_v: Schedule, text_a: torch.Te
             out_a = ua + cfg.guidance_audio * (ca - ua)
             out_v = uv + cfg.guidance_video * (cv - uv)
         z_a, x0_a = ddim_step(out_a, z_a, t_a, prev_a, sched_a.alphas_cumprod,
-                              final_alpha(sched_a), sched_a.prediction_type, cfg.eta, generator)
+                              final_alpha(sched_a), sched_a.prediction_type, cfg.eta, step_gen)
         z_v, x0_v = ddim_step(out_v, z_v, t_v, prev_v, sched_v.alphas_cumprod,
-                              final_alpha(sched_v), sched_v.prediction_type, cfg.eta, generator)
-    return z_a, z_v
+                              final_alpha(sched_v), sched_v.prediction_type, cfg.eta, step_gen)
+    return _impose(z_a, given_a, sched_a, -1, eps_a), _impose(z_v, given_v, sched_v, -1, eps_v)
