@@ -141,7 +141,8 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
     mlflow.set_tracking_uri(f"sqlite:///{out.parent}/mlflow.db")
     client = mlflow.MlflowClient()
     run = client.get_run(second["run_id"])
-    for key in ("loss", "loss_audio", "loss_video", "lr", "grad_norm", "samples_per_s", "data_wait_frac", "peak_mem_mb"):
+    for key in ("loss", "loss_audio", "loss_video", "lr", "grad_norm", "samples_per_s", "data_wait_frac", "peak_mem_mb",
+                "val/av_align"):
         assert key in run.data.metrics, key
     steps = [m.step for m in client.get_metric_history(second["run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5] or sorted(set(steps)) == [1, 2, 3, 4, 5]

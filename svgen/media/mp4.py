@@ -68,3 +68,26 @@ def probe(path: str | Path) -> dict:
                 info.update(sample_rate=s.codec_context.sample_rate, channels=s.codec_context.channels)
             streams.append(info)
         return {"duration": f.duration / 1e6 if f.duration else None, "streams": streams}
+
+
+def read_mp4(path: str | Path, sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray, float]:
+    """All frames (F, H, W, 3) uint8, the mono waveform at ``sample_rate`` and the frame rate of a
+    sounding video (for evaluation of generated clips)."""
+    import torchaudio
+
+    frames, chunks, sr = [], [], None
+    with av.open(str(path)) as f:
+        fps = float(f.streams.video[0].average_rate or 0)
+        for fr in f.decode(video=0):
+            frames.append(fr.to_ndarray(format="rgb24"))
+    with av.open(str(path)) as f:
+        if f.streams.audio:
+            for fr in f.decode(audio=0):
+                x = fr.to_ndarray().astype(np.float32)
+                x = x.reshape(fr.layout.nb_channels, -1) if fr.format.is_planar else x.reshape(-1, fr.layout.nb_channels).T
+                chunks.append(x.mean(axis=0))
+                sr = fr.sample_rate
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if sr and sr != sample_rate:
+        wave = torchaudio.functional.resample(torch.from_numpy(wave), sr, sample_rate).numpy()
+    return np.stack(frames), wave.astype(np.float32), fps

@@ -28,6 +28,7 @@ from svgen.data.loader import make_loader
 from svgen.diffusion.objective import joint_loss
 from svgen.distributed import DistInfo, barrier, init_distributed
 from svgen.generate import generate, save_sounding_videos
+from svgen.metrics.av_align import av_align
 from svgen.models.build import build_system
 from svgen.tracking import MLflowTracker, NullTracker
 from svgen.train.checkpoint import Checkpointer, export_weights
@@ -116,6 +117,8 @@ def validate(system, cfg: Config, out_dir: Path, step: int, tracker, info: DistI
         return None
     (path,) = save_sounding_videos(out_dir / "samples", frames, wave, cfg.data, stem=f"step{step:07d}")
     tracker.log_artifact(path, "samples")
+    score = av_align(frames[0].cpu().numpy(), wave[0].cpu().numpy(), cfg.data.fps, cfg.data.sample_rate)
+    tracker.log({"val/av_align": score["av_align"]}, step)  # the same metric code as launch/eval.py
     return path
 
 
