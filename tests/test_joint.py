@@ -106,3 +106,28 @@ def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion)
     assert len(changed) > len(trained) // 2
     if motion:
         assert any("motion_modules" in n for n in changed)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(system_factory):
+    from svgen.config import TrainConfig
+    from svgen.diffusion.objective import joint_loss
+    from svgen.train.engine import enable_activation_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        system = system_factory(seed=0)
+        for blocks in (system.model.blocks_a, system.model.blocks_v):
+            for block in blocks.values():
+                torch.nn.init.normal_(block.proj_out.weight, std=0.05)
+        if checkpointing:
+            enable_activation_checkpointing(system.model)
+            assert system.model.audio_unet.is_gradient_checkpointing
+        g = torch.Generator().manual_seed(0)
+        batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
+                            *system.encode_text(["x"]))
+        loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v,
+                             TrainConfig(x0_zero_prob=0.0), torch.Generator().manual_seed(1))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in system.model.named_trainable_parameters().items()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)

@@ -53,13 +53,10 @@ def lr_lambda(cfg: Config):
 
 def enable_activation_checkpointing(model: JointModel) -> None:
     """Recompute the frozen UNets' block activations in backward (diffusers' own mechanism)."""
+    # diffusers (0.42) checkpoints whenever grads are enabled, in eval mode too: the bases keep
+    # eval mode (no dropout).
     for unet in (model.audio_unet, model.video_unet):
         unet.enable_gradient_checkpointing()
-        unet.train()  # diffusers checkpoints only when training and grads are enabled
-        # ...but no dropout in the frozen bases: all their dropout layers stay in eval mode.
-        for m in unet.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.eval()
 
 
 def make_optimizer(model: JointModel, cfg: Config) -> torch.optim.Optimizer:
