@@ -261,6 +261,8 @@ class TrainConfig:
     """Training data: a data_prep output folder (or .tar / list file of shard paths)."""
     loader_workers: int = 0
     """DataLoader worker processes per rank."""
+    cached_latents: bool = False
+    """Train from the latent-shard-*.tar that launch/cache_latents.py wrote next to the shards."""
     val_every: int = 0
     """Sample and log a validation mp4 every N steps (0: only at the end)."""
 

@@ -29,6 +29,10 @@ import torchaudio
 
 SCHEMA_VERSION = 1
 VIDEO, AUDIO, MEL, META = "video.npy", "audio.npy", "mel.npy", "json"
+# Cached-latent shards (launch/cache_latents.py): the frozen encoders' outputs for one clip.
+LATENT_A, LATENT_V, TEXT_A, TEXT_V = "latent_a.npy", "latent_v.npy", "text_a.npy", "text_v.npy"
+LATENT_PREFIX = "latent-"
+LATENT_INDEX = "latents.json"
 STATS_SUFFIX = ".stats.json"
 
 
@@ -92,10 +96,23 @@ def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str
     return sample
 
 
+def encode_latent_sample(key: str, latent_a: np.ndarray, latent_v: np.ndarray, text_a: np.ndarray,
+                         text_v: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """A cached-latent sample: scaled VAE latents and text embeddings, stored as float16."""
+    arrays = {LATENT_A: latent_a, LATENT_V: latent_v, TEXT_A: text_a, TEXT_V: text_v}
+    return {"__key__": key, META: json.dumps({"schema": SCHEMA_VERSION, **meta}).encode(),
+            **{k: encode_array(np.asarray(v, dtype=np.float16)) for k, v in arrays.items()}}
+
+
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """Raw member bytes -> numpy arrays and metadata (no pickle anywhere)."""
-    out = {"key": sample["__key__"], "frames": decode_array(sample[VIDEO]),
-           "wave": pcm16_to_audio(decode_array(sample[AUDIO])), "meta": json.loads(sample[META])}
+    """Raw or cached-latent member bytes -> numpy arrays and metadata (no pickle anywhere)."""
+    out = {"key": sample["__key__"], "meta": json.loads(sample[META])}
+    if LATENT_A in sample:
+        for name, member in (("latent_a", LATENT_A), ("latent_v", LATENT_V), ("text_a", TEXT_A), ("text_v", TEXT_V)):
+            out[name] = decode_array(sample[member]).astype(np.float32)
+        return out
+    out["frames"] = decode_array(sample[VIDEO])
+    out["wave"] = pcm16_to_audio(decode_array(sample[AUDIO]))
     if MEL in sample:
         out["mel"] = decode_array(sample[MEL]).astype(np.float32)
     return out

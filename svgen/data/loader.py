@@ -10,18 +10,20 @@ from typing import Iterator
 import torch
 import webdataset as wds
 
-from svgen.shards import decode_sample
+from svgen.shards import LATENT_PREFIX, decode_sample
 
 
 class ShardError(ValueError):
     """The shard set cannot feed this job as configured; the message says how to fix it."""
 
 
-def shard_urls(source: str | Path) -> list[str]:
-    """A folder of shard-*.tar (as data_prep writes it), one .tar, or a list file of paths."""
+def shard_urls(source: str | Path, latents: bool = False) -> list[str]:
+    """A folder of shard-*.tar (as data_prep writes it; latent-shard-*.tar with ``latents``), one
+    .tar, or a list file of paths."""
     src = Path(source)
     if src.is_dir():
-        urls = sorted(str(p) for p in src.glob("shard-*.tar"))
+        pattern = f"{LATENT_PREFIX}shard-*.tar" if latents else "shard-*.tar"
+        urls = sorted(str(p) for p in src.glob(pattern))
     elif src.suffix == ".tar" and src.is_file():
         urls = [str(src)]
     elif src.is_file():
@@ -29,7 +31,8 @@ def shard_urls(source: str | Path) -> list[str]:
     else:
         raise ShardError(f"no shards at '{src}': give the data_prep output folder, a .tar or a list file")
     if not urls:
-        raise ShardError(f"'{src}' holds no shard-*.tar files; run `python -m data_prep` first")
+        hint = "launch/cache_latents.py" if latents else "python -m data_prep"
+        raise ShardError(f"'{src}' holds no {'latent-' if latents else ''}shard-*.tar files; run `{hint}` first")
     return urls
 
 
@@ -76,25 +79,24 @@ class ClipStream(torch.utils.data.IterableDataset):
             wds.map(decode_sample),
         )
         for s in pipeline:
-            item = {"key": s["key"], "frames": torch.from_numpy(s["frames"]), "wave": torch.from_numpy(s["wave"]),
-                    "caption": s["meta"].get("caption", ""), "meta": s["meta"]}
-            if "mel" in s:
-                item["mel"] = torch.from_numpy(s["mel"])
+            item = {"key": s["key"], "caption": s["meta"].get("caption", ""), "meta": s["meta"]}
+            for name in ("frames", "wave", "mel", "latent_a", "latent_v", "text_a", "text_v"):
+                if name in s:
+                    item[name] = torch.from_numpy(s[name])
             yield item
 
 
 def collate(items: list[dict]) -> dict:
-    out = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items],
-           "frames": torch.stack([i["frames"] for i in items]), "wave": torch.stack([i["wave"] for i in items]),
-           "meta": [i["meta"] for i in items]}
-    if all("mel" in i for i in items):
-        out["mel"] = torch.stack([i["mel"] for i in items])
+    out = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items], "meta": [i["meta"] for i in items]}
+    for name in ("frames", "wave", "mel", "latent_a", "latent_v", "text_a", "text_v"):
+        if all(name in i for i in items):
+            out[name] = torch.stack([i[name] for i in items])
     return out
 
 
 def make_loader(source: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                seed: int = 0, shuffle_buffer: int = 64) -> torch.utils.data.DataLoader:
-    urls = shard_urls(source)
+                seed: int = 0, shuffle_buffer: int = 64, latents: bool = False) -> torch.utils.data.DataLoader:
+    urls = shard_urls(source, latents)
     check_split(len(urls), world_size, num_workers)  # in the main process: an error, not a hang
     ds = ClipStream(urls, rank, world_size, seed, shuffle_buffer)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,

@@ -23,13 +23,14 @@ import torch
 import torch.distributed as dist
 
 from svgen.config import Config, flatten, to_dict, to_yaml
-from svgen.data.latents import to_latents
+from svgen.data.latents import encoder_fingerprint, from_cached, to_latents
 from svgen.data.loader import make_loader
 from svgen.diffusion.objective import joint_loss
 from svgen.distributed import DistInfo, barrier, init_distributed
 from svgen.generate import generate, save_sounding_videos
 from svgen.metrics.av_align import av_align
 from svgen.models.build import build_system
+from svgen.shards import LATENT_INDEX
 from svgen.tracking import MLflowTracker, NullTracker
 from svgen.train.checkpoint import Checkpointer, export_weights
 from svgen.train.ema import EMA
@@ -157,7 +158,10 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
         ema.load_state_dict(state["ema"])
 
     tracker = make_tracker(cfg, info, state.get("run_id") if state else None)
-    loader = make_loader(t.shards, t.batch_size, info.rank, info.world_size, t.loader_workers, t.seed)
+    if t.cached_latents:
+        check_latent_cache(t.shards, encoder_fingerprint(system, cfg.data))
+    loader = make_loader(t.shards, t.batch_size, info.rank, info.world_size, t.loader_workers, t.seed,
+                         latents=t.cached_latents)
     if state is None:
         shard_list = "\n".join(loader.dataset.urls)
         tracker.log_params(flatten(to_dict(cfg)))
@@ -183,7 +187,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             t0 = time.perf_counter()
             raw = next(it)
             t1 = time.perf_counter()
-            batch = to_latents(system, raw, cfg.data)
+            batch = from_cached(raw, info.device) if t.cached_latents else to_latents(system, raw, cfg.data)
             loss, metrics = joint_loss(engine, system.sched_a, system.sched_v, batch, system.empty_a,
                                        system.empty_v, t, gen, skip_unused_pass=t.zero_stage < 3)
             engine.backward(loss)
@@ -241,6 +245,17 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     tracker.close("FINISHED" if reason == "finished" else "KILLED")
     barrier()
     return result
+
+
+def check_latent_cache(shards: str, fingerprint: str) -> None:
+    """Refuse a latent cache made by other encoders or clip settings (it would train on wrong latents)."""
+    index = Path(shards) / LATENT_INDEX
+    if not index.is_file():
+        raise FileNotFoundError(f"train.cached_latents is set but '{index}' is missing: run launch/cache_latents.py")
+    cached = json.loads(index.read_text())["encoder_fingerprint"]
+    if cached != fingerprint:
+        raise ValueError(f"stale latent cache in '{shards}': made with encoders/settings {cached[:12]}, this model's "
+                         f"are {fingerprint[:12]}; re-run launch/cache_latents.py (after deleting the old latent shards)")
 
 
 def _manifest_digest(shards: str) -> str:
