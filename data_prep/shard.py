@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,8 +30,14 @@ def is_finished(out_dir: Path, shard_index: int) -> bool:
     return stats_path(out_dir, shard_index).is_file() and (out_dir / shard_name(shard_index)).is_file()
 
 
+def _tmp_name(path: Path) -> Path:
+    # Unique per writer: a task orphaned by a killed driver may still be writing the same shard
+    # while a re-run writes it again; each writes its own file and the rename is atomic.
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_name(path)
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
@@ -41,7 +48,7 @@ def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], c
     out_dir = Path(out_dir)
     t0 = time.time()
     final = out_dir / shard_name(shard_index)
-    tmp = out_dir / f".{final.name}.tmp"
+    tmp = _tmp_name(final)
     clips, errors, media_seconds = [], [], 0.0
     data, prep = cfg.data, cfg.prep
     with wds.TarWriter(str(tmp)) as sink:

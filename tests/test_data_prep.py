@@ -205,9 +205,10 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["shards_skipped"] == done_before
+    # A shard task in flight at the kill may still finish (Ray workers outlive the driver for a
+    # moment): the re-run then skips it too.
+    assert done_before <= summary["shards_skipped"] < 6
     assert _shard_contents(out) == _shard_contents(ref)  # same clips, no duplicates, same bytes
-    assert not list(out.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in out.glob(".*.tmp"))
     keys = [k for k in _shard_contents(out)]
     assert len(keys) == len(set(keys)) == 12
 
