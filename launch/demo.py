@@ -18,18 +18,16 @@ import os
 import time
 from pathlib import Path
 
-from data_prep.run import report
-from data_prep.run import run as run_prep
 from svgen.config import load_config
-from svgen.data.synthetic import make_clip
-from svgen.media.mp4 import probe, write_mp4
-from svgen.models.tiny import build_tiny_bases
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
 def write_synthetic_videos(out: Path, cfg, num_clips: int) -> Path:
     """Synthetic sounding clips (flash + click) as mp4 files plus a CSV manifest with captions."""
+    from svgen.data.synthetic import make_clip
+    from svgen.media.mp4 import write_mp4
+
     out.mkdir(parents=True, exist_ok=True)
     rows = ["path,caption"]
     for i in range(num_clips):
@@ -48,6 +46,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     ap.add_argument("--clips", type=int, default=8, help="synthetic source videos (default 8)")
     args = ap.parse_args()
+    # Heavy imports after argument parsing, so --help answers at once.
+    from data_prep.run import report
+    from data_prep.run import run as run_prep
+    from svgen.media.mp4 import probe
+    from svgen.models.tiny import build_tiny_bases
 
     t0 = time.time()
     out = Path(args.out).resolve()
