@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--impls", default="eager,compile,triton", help="comma list of eager, compile, triton")
     ap.add_argument("--peak-gbs", type=float, help="peak memory bandwidth in GB/s, if not a known card")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the Triton kernels under other launch shapes (tile, warps, programs)")
     args = ap.parse_args()
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +94,8 @@ def main() -> None:
           f"{peak / 1e9:.0f} GB/s" if peak else f"device: {card}; dtype {args.dtype}; torch {torch.__version__}; peak unknown")
     fns = {"eager": norm_add_embedding_reference}
     if "compile" in impls:
+        # Donated buffers forbid retain_graph, which the repeated backward timing needs.
+        torch._functorch.config.donated_buffer = False
         fns["compile"] = torch.compile(norm_add_embedding_reference)
     if "triton" in impls:
         from svgen.kernels.triton_cmcpe import norm_add_embedding_triton
@@ -130,9 +134,36 @@ def main() -> None:
             if impl != "eager":
                 (ef, eb), (tf, tb) = results["eager"], results[impl]
                 print(f"  speed-up {impl} vs eager: fwd {ef / tf:.2f}x  bwd {eb / tb:.2f}x")
+        if args.sweep and "triton" in fns:
+            sweep(x, e, w, b, gu, ga, dev, args.iters, fwd_bytes, bwd_bytes, peak)
         del x, e, gu, ga
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def sweep(x, e, w, b, gu, ga, dev, iters, fwd_bytes, bwd_bytes, peak) -> None:
+    from svgen.kernels import triton_cmcpe as tk
+
+    default = dict(tk.LAUNCH)
+    pct = (lambda nbytes, t: f"{100 * nbytes / t / peak:4.0f}% peak") if peak else (lambda nbytes, t: "")
+    try:
+        for tile, warps, programs in [(2048, 4, 8192), (4096, 4, 8192), (8192, 8, 8192), (8192, 8, 1 << 20),
+                                      (16384, 16, 8192), (8192, 8, 2048)]:
+            tk.LAUNCH.update(fwd_tile=tile, fwd_warps=warps, fwd_programs=programs)
+            with torch.no_grad():
+                t = _bench(lambda: tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest"), dev, 3, iters)
+            print(f"  sweep fwd tile {tile:5d} warps {warps:2d} programs {programs:7d}: {t * 1e3:7.3f} ms "
+                  f"{pct(fwd_bytes, t)}")
+        tk.LAUNCH.update(default)
+        u, a = tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest")
+        for tile, warps, programs in [(2048, 4, 2048), (4096, 4, 2048), (4096, 8, 2048), (4096, 8, 8192),
+                                      (8192, 8, 2048), (4096, 8, 1024)]:
+            tk.LAUNCH.update(bwd_tile=tile, bwd_warps=warps, bwd_programs=programs)
+            t = _bench(lambda: torch.autograd.grad((u, a), (x, e, w, b), (gu, ga), retain_graph=True), dev, 3, iters)
+            print(f"  sweep bwd tile {tile:5d} warps {warps:2d} programs {programs:7d}: {t * 1e3:7.3f} ms "
+                  f"{pct(bwd_bytes, t)}")
+    finally:
+        tk.LAUNCH.update(default)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, 
 
     cfg = TrainConfig(lr=lr, **train_overrides)
     opt = torch.optim.AdamW(system.model.trainable_parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=batch.x_a.device).manual_seed(seed)
     system.model.train()
     losses = []
     for _ in range(steps):

@@ -114,10 +114,27 @@ def test_joint_model_trains_the_same_with_either_path(system_factory):
 
     curves = {}
     for kernel in ("reference", "triton"):
-        system = system_factory(f"model.cmcpe.kernel={kernel}", seed=0)
+        system = system_factory(f"model.cmcpe.kernel={kernel}", seed=0).to(torch.device(DEV))
         g = torch.Generator().manual_seed(0)
         batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
-                            *system.encode_text(["a"]))
+                            *system.encode_text(["a"])).to(torch.device(DEV))
         curves[kernel] = local_steps(system, batch, steps=3)
     for r, t in zip(curves["reference"], curves["triton"]):
         assert abs(r - t) <= 1e-4 * max(1.0, abs(r)), curves
+
+
+@pytest.mark.parametrize("tile,programs", [(64, 10**6), (64, 7), (32, 20)])
+def test_chunked_launch_matches_reference(monkeypatch, tile, programs):
+    """S split into several chunks per (b, t), with a last chunk shorter than the others: the
+    per-program partial sums of d(emb), d(weight), d(bias) must add up to the reference's."""
+    for k in ("fwd_tile", "bwd_tile"):
+        monkeypatch.setitem(triton_cmcpe.LAUNCH, k, tile)
+    for k in ("fwd_programs", "bwd_programs"):
+        monkeypatch.setitem(triton_cmcpe.LAUNCH, k, programs)
+    shape = (2, 3, 23, 20, 5)   # C=20 -> 32 lanes: 2 (tile 64) or 1 (tile 32) rows per step
+    block_s = triton_cmcpe._block_s(23, 20, tile)
+    rows, n = triton_cmcpe._chunks(6, 23, block_s, programs)
+    assert n > 1 and 23 % rows != 0
+    args = _inputs(shape, torch.float32)
+    _close(_run(triton_cmcpe.norm_add_embedding_triton, *args, "linear"),
+           _run(norm_add_embedding_reference, *args, "linear"), torch.float32)

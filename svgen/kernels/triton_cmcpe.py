@@ -2,10 +2,11 @@
 
     u = LayerNorm(x) over C,   a = u + e~,   e~[b, t, s, :] = resample_t(emb)[b, t, :]
 
-x is read once and u, a written once; the embedding is read once per (b, t) and never
-broadcast in memory. One program handles one (b, t) pair and loops over its S positions, so the
-backward can reduce d(emb) over S and d(weight), d(bias) over rows without atomics: it writes
-per-(b, t) partial sums that small torch reductions finish (deterministic).
+x is read once and u, a written once; the embedding is read once per program and never
+broadcast in memory. One program handles one (b, t) pair and one chunk of its S positions
+(chunks keep the GPU full at batch 1), so the backward reduces d(emb), d(weight), d(bias) over
+its rows without atomics: it writes per-program partial sums that small torch reductions finish
+(deterministic).
 
 Accumulation is fp32 whatever the input dtype (bf16, fp16, fp32). Inputs may be non-contiguous:
 the kernels take explicit strides for x and emb. Runs on CUDA, and on CPU under
@@ -40,10 +41,12 @@ def _source(t, T, T_O, MODE: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(x_ptr, emb_ptr, w_ptr, b_ptr, u_ptr, a_ptr, mean_ptr, rstd_ptr,
-                T, S, C, T_O,
+                T, S, C, T_O, ROWS,
                 sxb, sxt, sxs, sxc, seb, set_, sec,
                 eps, MODE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)                    # one (b, t) pair
+    s_begin = tl.program_id(1) * ROWS         # and one chunk of its S positions
+    s_end = tl.minimum(s_begin + ROWS, S)
     b = pid // T
     t = pid % T
     cols = tl.arange(0, BLOCK_C)
@@ -55,9 +58,9 @@ def _fwd_kernel(x_ptr, emb_ptr, w_ptr, b_ptr, u_ptr, a_ptr, mean_ptr, rstd_ptr,
     e1 = tl.load(emb_ptr + b * seb + i1 * set_ + cols * sec, mask=cmask, other=0.0).to(tl.float32)
     e = e0 * (1.0 - frac) + e1 * frac
     row0 = pid * S                            # rows of this (b, t) in the contiguous outputs
-    for s0 in range(0, S, BLOCK_S):
+    for s0 in range(s_begin, s_end, BLOCK_S):
         srow = s0 + tl.arange(0, BLOCK_S)
-        smask = srow < S
+        smask = srow < s_end
         m2 = smask[:, None] & cmask[None, :]
         xp = x_ptr + b * sxb + t * sxt + srow[:, None] * sxs + cols[None, :] * sxc
         x = tl.load(xp, mask=m2, other=0.0).to(tl.float32)
@@ -76,10 +79,14 @@ def _fwd_kernel(x_ptr, emb_ptr, w_ptr, b_ptr, u_ptr, a_ptr, mean_ptr, rstd_ptr,
 
 @triton.jit
 def _bwd_kernel(x_ptr, w_ptr, du_ptr, da_ptr, mean_ptr, rstd_ptr, dx_ptr, de_ptr, dw_ptr, db_ptr,
-                T, S, C,
+                T, S, C, ROWS,
                 sxb, sxt, sxs, sxc, sgb, sgt, sgs, sgc, shb, sht, shs, shc,
                 BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    s_begin = chunk * ROWS
+    s_end = tl.minimum(s_begin + ROWS, S)
+    part = pid * tl.num_programs(1) + chunk  # row of this program's partial sums
     b = pid // T
     t = pid % T
     cols = tl.arange(0, BLOCK_C)
@@ -89,9 +96,9 @@ def _bwd_kernel(x_ptr, w_ptr, du_ptr, da_ptr, mean_ptr, rstd_ptr, dx_ptr, de_ptr
     acc_w = tl.zeros([BLOCK_C], dtype=tl.float32)      # sum over S of g * xhat
     acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)      # sum over S of g
     row0 = pid * S
-    for s0 in range(0, S, BLOCK_S):
+    for s0 in range(s_begin, s_end, BLOCK_S):
         srow = s0 + tl.arange(0, BLOCK_S)
-        smask = srow < S
+        smask = srow < s_end
         m2 = smask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + b * sxb + t * sxt + srow[:, None] * sxs + cols[None, :] * sxc,
                     mask=m2, other=0.0).to(tl.float32)
@@ -111,14 +118,29 @@ def _bwd_kernel(x_ptr, w_ptr, du_ptr, da_ptr, mean_ptr, rstd_ptr, dx_ptr, de_ptr
         c2 = tl.sum(gx, axis=1) / C
         dx = (gx - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         tl.store(dx_ptr + (row0 + srow)[:, None] * C + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m2)
-    tl.store(de_ptr + pid * C + cols, acc_e, mask=cmask)
-    tl.store(dw_ptr + pid * C + cols, acc_w, mask=cmask)
-    tl.store(db_ptr + pid * C + cols, acc_b, mask=cmask)
+    tl.store(de_ptr + part * C + cols, acc_e, mask=cmask)
+    tl.store(dw_ptr + part * C + cols, acc_w, mask=cmask)
+    tl.store(db_ptr + part * C + cols, acc_b, mask=cmask)
 
 
-def _block_s(S: int, C: int) -> int:
-    # Keep a tile at about 8K fp32 values (registers), at least one row.
-    return max(1, min(triton.next_power_of_2(S), 8192 // triton.next_power_of_2(C)))
+# Launch shape. A tile holds BLOCK_S rows x next_pow2(C) channels (about `*_tile` fp32 values in
+# registers). The S positions of each (b, t) are split into chunks so that about
+# `*_programs` programs run: at batch 1 the B*T pairs alone (e.g. 32 frames) would leave most
+# SMs idle. The backward writes one partial sum per program for d(emb), d(weight), d(bias).
+LAUNCH = {"fwd_tile": 8192, "fwd_warps": 8, "fwd_programs": 8192,
+          "bwd_tile": 4096, "bwd_warps": 8, "bwd_programs": 2048}
+
+
+def _block_s(S: int, C: int, tile: int = 8192) -> int:
+    return max(1, min(triton.next_power_of_2(S), tile // triton.next_power_of_2(C)))
+
+
+def _chunks(BT: int, S: int, block_s: int, programs: int) -> tuple[int, int]:
+    """(rows per program, a multiple of block_s; number of chunks of S)."""
+    tiles = triton.cdiv(S, block_s)
+    n = max(1, min(tiles, triton.cdiv(programs, BT)))
+    rows = triton.cdiv(tiles, n) * block_s
+    return rows, triton.cdiv(S, rows)
 
 
 def _check(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, mode: str) -> None:
@@ -143,9 +165,12 @@ class _NormAddEmbedding(torch.autograd.Function):
         mean = torch.empty(B * T * S, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         BLOCK_C = triton.next_power_of_2(C)
-        _fwd_kernel[(B * T,)](x, emb, weight, bias, u, a, mean, rstd, T, S, C, T_O,
-                              *x.stride(), *emb.stride(), eps,
-                              MODE=_MODES[mode], BLOCK_S=_block_s(S, C), BLOCK_C=BLOCK_C)
+        block_s = _block_s(S, C, LAUNCH["fwd_tile"])
+        rows, n = _chunks(B * T, S, block_s, LAUNCH["fwd_programs"])
+        _fwd_kernel[(B * T, n)](x, emb, weight, bias, u, a, mean, rstd, T, S, C, T_O, rows,
+                                *x.stride(), *emb.stride(), eps,
+                                MODE=_MODES[mode], BLOCK_S=block_s, BLOCK_C=BLOCK_C,
+                                num_warps=LAUNCH["fwd_warps"])
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.mode, ctx.t_other, ctx.emb_dtype = mode, T_O, emb.dtype
         return u, a
@@ -157,13 +182,16 @@ class _NormAddEmbedding(torch.autograd.Function):
         du = torch.zeros_like(x) if du is None else du
         da = torch.zeros_like(x) if da is None else da
         dx = torch.empty((B, T, S, C), device=x.device, dtype=x.dtype)
-        de_t = torch.empty((B * T, C), device=x.device, dtype=torch.float32)
+        block_s = _block_s(S, C, LAUNCH["bwd_tile"])
+        rows, n = _chunks(B * T, S, block_s, LAUNCH["bwd_programs"])
+        de_t = torch.empty((B * T * n, C), device=x.device, dtype=torch.float32)
         dw = torch.empty_like(de_t)
         db = torch.empty_like(de_t)
-        _bwd_kernel[(B * T,)](x, weight, du, da, mean, rstd, dx, de_t, dw, db, T, S, C,
-                              *x.stride(), *du.stride(), *da.stride(),
-                              BLOCK_S=_block_s(S, C), BLOCK_C=triton.next_power_of_2(C))
-        de_t = de_t.reshape(B, T, C)
+        _bwd_kernel[(B * T, n)](x, weight, du, da, mean, rstd, dx, de_t, dw, db, T, S, C, rows,
+                                *x.stride(), *du.stride(), *da.stride(),
+                                BLOCK_S=block_s, BLOCK_C=triton.next_power_of_2(C),
+                                num_warps=LAUNCH["bwd_warps"])
+        de_t = de_t.reshape(B, T, n, C).sum(2) if n > 1 else de_t.reshape(B, T, C)
         d_emb = _scatter_time(de_t, ctx.t_other, ctx.mode).to(ctx.emb_dtype)
         return dx, d_emb, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None
 

@@ -75,21 +75,48 @@ def save_roberta_tokenizer(path: Path) -> RobertaTokenizer:
     return tok
 
 
-def build_tiny_audio_base(out: str | Path, n_mels: int = 64, hop_length: int = 160,
-                          sample_rate: int = 16000, width: int = 16, seed: int = 0) -> Path:
-    """AudioLDM in miniature, saved under ``out`` in diffusers layout."""
-    out = Path(out)
-    torch.manual_seed(seed)
-    text_dim = 32
-    w = (width, width, 2 * width, 2 * width)
-    unet = UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=8, block_out_channels=w, layers_per_block=1,
+def _audio_unet(width: int, text_dim: int, full: bool) -> UNet2DConditionModel:
+    """AudioLDM's UNet: self-attention blocks (cross_attention_dim = block width, no text
+    sequence) and the CLAP embedding projected into the time embedding. ``full``: the
+    AudioLDM-m layout (base 192, multipliers 1-2-3-5, two layers per block, 32-channel heads)."""
+    w = (192, 384, 576, 960) if full else (width, width, 2 * width, 2 * width)
+    return UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=8, block_out_channels=w, layers_per_block=2 if full else 1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=w, attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=w, attention_head_dim=tuple(c // 32 for c in w) if full else 8,
+        norm_num_groups=32 if full else 8,
         class_embed_type="simple_projection", projection_class_embeddings_input_dim=text_dim,
         class_embeddings_concat=True,
     )
+
+
+def _video_unet_and_adapter(width: int, text_dim: int, full: bool) -> tuple[UNet2DConditionModel, MotionAdapter]:
+    """SD-1.5's UNet and an AnimateDiff motion adapter; ``full``: the real SD-1.5 / v1-5-2 layout."""
+    w = (320, 640, 1280, 1280) if full else (width, width, 2 * width, 2 * width)
+    groups = 32 if full else 8
+    unet = UNet2DConditionModel(
+        sample_size=64 if full else 8, in_channels=4, out_channels=4, block_out_channels=w,
+        layers_per_block=2 if full else 1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=groups,
+    )
+    adapter = MotionAdapter(block_out_channels=w, motion_layers_per_block=2 if full else 1,
+                            motion_norm_num_groups=groups, motion_num_attention_heads=8 if full else 2,
+                            motion_max_seq_length=32)
+    return unet, adapter
+
+
+def build_tiny_audio_base(out: str | Path, n_mels: int = 64, hop_length: int = 160,
+                          sample_rate: int = 16000, width: int = 16, seed: int = 0, full: bool = False,
+                          dtype: torch.dtype = torch.float32) -> Path:
+    """AudioLDM in miniature (or, with ``full``, with an AudioLDM-m sized UNet), saved under ``out``
+    in diffusers layout."""
+    out = Path(out)
+    torch.manual_seed(seed)
+    text_dim = 512 if full else 32
+    unet = _audio_unet(width, text_dim, full).to(dtype)
     vae = AutoencoderKL(
         in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 16, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -122,19 +149,14 @@ def build_tiny_audio_base(out: str | Path, n_mels: int = 64, hop_length: int = 1
 
 
 def build_tiny_video_base(out: str | Path, adapter_out: str | Path, width: int = 16,
-                          seed: int = 0) -> tuple[Path, Path]:
-    """SD-1.5 + AnimateDiff motion adapter in miniature, saved in diffusers layout."""
+                          seed: int = 0, full: bool = False, dtype: torch.dtype = torch.float32) -> tuple[Path, Path]:
+    """SD-1.5 + AnimateDiff motion adapter in miniature (or, with ``full``, at their real sizes),
+    saved in diffusers layout."""
     out, adapter_out = Path(out), Path(adapter_out)
     torch.manual_seed(seed)
-    w = (width, width, 2 * width, 2 * width)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=w, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )
-    adapter = MotionAdapter(block_out_channels=w, motion_layers_per_block=1, motion_norm_num_groups=8,
-                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    text_dim = 768 if full else 32
+    unet, adapter = _video_unet_and_adapter(width, text_dim, full)
+    unet, adapter = unet.to(dtype), adapter.to(dtype)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -142,7 +164,7 @@ def build_tiny_video_base(out: str | Path, adapter_out: str | Path, width: int =
     )
     tok = save_clip_tokenizer(out / "tokenizer")
     text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=text_dim, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=TOKEN_LENGTH,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     ))
@@ -160,11 +182,16 @@ def build_tiny_video_base(out: str | Path, adapter_out: str | Path, width: int =
 
 
 def build_tiny_bases(root: str | Path, n_mels: int = 64, hop_length: int = 160, sample_rate: int = 16000,
-                     width: int = 16, seed: int = 0) -> dict[str, Path]:
-    """All three directories under ``root``; the paths match configs/tiny.yaml's layout."""
+                     width: int = 16, seed: int = 0, full: bool = False,
+                     dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """All three directories under ``root``; the paths match configs/tiny.yaml's layout.
+
+    ``full``: the UNets and motion adapter at the real AudioLDM-m / SD-1.5 / v1-5-2 sizes (random
+    weights; text encoders, VAEs and vocoder stay tiny since the training step does not run them),
+    for benchmarks of the adapter overhead at realistic widths. ``dtype``: the saved weights'."""
     root = Path(root)
-    audio = build_tiny_audio_base(root / "audioldm", n_mels, hop_length, sample_rate, width, seed)
-    video, adapter = build_tiny_video_base(root / "sd15", root / "motion_adapter", width, seed + 1)
+    audio = build_tiny_audio_base(root / "audioldm", n_mels, hop_length, sample_rate, width, seed, full, dtype)
+    video, adapter = build_tiny_video_base(root / "sd15", root / "motion_adapter", width, seed + 1, full, dtype)
     return {"audio": audio, "video": video, "motion_adapter": adapter}
 
 
@@ -193,8 +220,11 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="output root; gets audioldm/, sd15/, motion_adapter/")
     ap.add_argument("--width", type=int, default=16, help="UNet base width (default 16)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true",
+                    help="UNets and motion adapter at the real AudioLDM-m / SD-1.5 sizes (bf16, ~3.5 GB)")
     args = ap.parse_args()
-    paths = build_tiny_bases(args.out, width=args.width, seed=args.seed)
+    paths = build_tiny_bases(args.out, width=args.width, seed=args.seed, full=args.full,
+                             dtype=torch.bfloat16 if args.full else torch.float32)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
