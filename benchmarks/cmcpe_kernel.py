@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._functorch.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -46,17 +46,19 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, repeats: int, dev: torch.device) -> float:
-    fn()  # warm-up (and Triton/cuDNN autotuning)
-    fn()
-    _sync(dev)
-    times = []
+def _time_pair(fa, fb, repeats: int, dev: torch.device) -> tuple[float, float]:
+    """Medians of fa and fb timed alternately, so drifting clocks or host load hit both alike."""
+    for f in (fa, fb, fa, fb):  # warm-up (and Triton/cuDNN autotuning)
+        f()
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for f, times in ((fa, ta), (fb, tb)):
+            _sync(dev)
+            t0 = time.perf_counter()
+            f()
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[str], extra: list[str]) -> None:
@@ -110,9 +112,8 @@ def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[st
         counts = system.model.parameter_counts()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t_joint = _time(joint_step, repeats, dev)
+        t_joint, t_bases = _time_pair(joint_step, bases_step, repeats, dev)
         mem = f"  peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if dev.type == "cuda" else ""
-        t_bases = _time(bases_step, repeats, dev)
         print(f"  kernel {kernel}: latents a{tuple(shape_a)} v{tuple(shape_v)}")
         print(f"    params: trainable {counts['trainable']:,}  frozen {counts['frozen']:,}  "
               f"({100 * counts['trainable'] / counts['total']:.1f}% trainable)")
