@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from svgen.config import ConfigError, load_config  # noqa: E402
+from launch._cli import add_config_args, config_from  # noqa: E402
 from svgen.shards import LATENT_INDEX, LATENT_PREFIX  # noqa: E402
 
 
@@ -64,17 +64,14 @@ class Encoder:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(ap)
     ap.add_argument("--shards", required=True, help="data_prep output folder")
     ap.add_argument("--actors", type=int, default=0, help="encoder actors (default: GPUs, else 2)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else embedded on 127.0.0.1)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from(args)
+    if cfg is None:
         return 2
     from svgen.data.latents import encoder_fingerprint
     from svgen.data.loader import shard_urls

@@ -1,12 +1,19 @@
-"""Score generated sounding videos and log the results to MLflow.
+"""Score generated sounding videos against real clips and log the results to MLflow.
 
-    python launch/eval.py --generated runs/samples [--reference REAL_MP4_DIR] [--vggish weights.pt]
-                          [--run-id MLFLOW_RUN | --weights trained.safetensors]
+    python launch/eval.py --generated runs/samples --config configs/greatesthits.yaml \
+        --reference data/greatesthits_test_shards \
+        --set eval.metrics=[av_align,fad_vggish,fd_panns,fvd,kvd] \
+        --set eval.vggish_path=checkpoints/eval/vggish.pt --set eval.panns_path=... --set eval.i3d_path=...
+        [--run-id TRAINING_RUN | --weights runs/x/export/trained.safetensors]
 
-AV-Align needs no weights. FAD needs --reference and local VGGish weights (a torch state_dict;
-nothing is downloaded). Results go to the training run given by --run-id, else to a new run
-tagged with the checkpoint (--weights), so runs compare side by side in the MLflow UI.
-Not yet here: FVD/KVD (I3D) and the ImageBind score.
+Metrics (METHOD.md): av_align needs no weights; fad_vggish, fd_panns, fvd and kvd compare the
+generated set with --reference (a folder of .mp4, or data_prep shards) through feature
+networks loaded from the local files eval.vggish_path, eval.panns_path and eval.i3d_path
+(nothing is downloaded; a missing file is an error naming its key). The config comes from
+--config, else from the config stored in --weights, else the defaults.
+
+Results go to the MLflow run given by --run-id (the training run), else to a new run tagged with
+the checkpoint and holding its training config as params, so runs compare side by side in the UI.
 """
 
 from __future__ import annotations
@@ -19,57 +26,82 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
-from svgen.media.mp4 import read_mp4  # noqa: E402
-from svgen.metrics.av_align import av_align  # noqa: E402
+from launch._cli import add_config_args, config_from  # noqa: E402
 
 
-def evaluate(generated: Path, reference: Path | None, vggish: Path | None, sample_rate: int = 16000) -> dict:
-    gen = sorted(generated.glob("*.mp4"))
-    if not gen:
-        raise SystemExit(f"error: no .mp4 files in '{generated}'")
-    scores, gen_waves = [], []
-    for path in gen:
-        frames, wave, fps = read_mp4(path, sample_rate)
-        scores.append(av_align(frames, wave, fps, sample_rate)["av_align"])
-        gen_waves.append(wave)
-    result = {"av_align": float(np.mean(scores)), "num_generated": len(gen)}
-    if vggish is not None:
-        if reference is None:
-            raise SystemExit("error: FAD needs --reference (a folder of real clips)")
-        from svgen.metrics.fad import frechet_distance, load_vggish, vggish_embeddings
+def _log_mlflow(cfg, result: dict, args) -> tuple[str, str]:
+    from svgen.config import flatten, to_dict
+    from svgen.tracking import MLflowTracker
 
-        net = load_vggish(vggish)
-        ref_waves = [read_mp4(p, sample_rate)[1] for p in sorted(reference.glob("*.mp4"))]
-        emb = lambda waves: np.concatenate([vggish_embeddings(net, w, sample_rate) for w in waves])  # noqa: E731
-        result["fad_vggish"] = frechet_distance(emb(ref_waves), emb(gen_waves))
-    return result
+    name = f"eval {Path(args.weights).name if args.weights else Path(args.generated).name}"
+    tracker = MLflowTracker(cfg.track.tracking_uri, cfg.track.experiment, name, args.run_id)
+    # The checkpoint's training config as params (a training run already holds them: kept).
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.log({f"eval/{k}": float(v) for k, v in result.items()}, step=0)
+    tags = {"eval.generated": str(args.generated), "eval.reference": cfg.eval.reference,
+            "eval.metrics": ",".join(cfg.eval.metrics)}
+    if args.weights:
+        tags["eval.checkpoint"] = str(args.weights)
+    tracker.set_tags(tags)
+    tracker.close()
+    return tracker.run_id, tracker.uri
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--generated", required=True, type=Path, help="folder of generated .mp4")
-    ap.add_argument("--reference", type=Path, help="folder of real .mp4 clips (for FAD)")
-    ap.add_argument("--vggish", type=Path, help="local VGGish state_dict (for FAD)")
-    ap.add_argument("--run-id", help="log into this MLflow run (the training run)")
-    ap.add_argument("--weights", help="the evaluated checkpoint, recorded as a tag on a new run")
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///runs/mlflow.db"))
-    ap.add_argument("--experiment", default="svgen")
-    ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--generated", required=True, type=Path, help="folder of generated .mp4 (launch/sample.py --out)")
+    ap.add_argument("--reference", help="real clips: folder of .mp4 or data_prep shards (sets eval.reference)")
+    ap.add_argument("--weights", help="the evaluated export: its stored config is used when --config is left out, "
+                                      "and it tags a new MLflow run")
+    add_config_args(ap, required=False)
+    ap.add_argument("--metrics", help="comma list (sets eval.metrics), e.g. av_align,fvd,kvd")
+    ap.add_argument("--run-id", help="log into this MLflow run (e.g. the training run)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else track.tracking_uri)")
+    ap.add_argument("--no-mlflow", action="store_true", help="print the scores only")
+    ap.add_argument("--out", type=Path, help="also write the scores to this JSON file")
     args = ap.parse_args(argv)
-    result = evaluate(args.generated, args.reference, args.vggish)
-    print(json.dumps(result, indent=2))
-    if not args.no_mlflow:
-        import mlflow
 
-        mlflow.set_tracking_uri(args.tracking_uri)
-        mlflow.set_experiment(args.experiment)
-        with (mlflow.start_run(run_id=args.run_id) if args.run_id else
-              mlflow.start_run(run_name=f"eval {Path(args.weights).name if args.weights else args.generated.name}")) as run:
-            mlflow.log_metrics({f"eval/{k}": float(v) for k, v in result.items()})
-            mlflow.set_tags({"eval.generated": str(args.generated), "eval.checkpoint": str(args.weights or "")})
-            print(f"logged to MLflow run {run.info.run_id} at {args.tracking_uri}")
+    extra = []
+    if args.reference:
+        extra.append(f"eval.reference={args.reference}")
+    if args.metrics:
+        extra.append(f"eval.metrics=[{args.metrics}]")
+    if args.tracking_uri:  # an explicit flag beats MLFLOW_TRACKING_URI, which beats the config
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if args.config is None and not (args.weights and Path(args.weights).is_file()):
+        from svgen.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(None, list(args.set) + extra)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        cfg = config_from(args, extra)
+        if cfg is None:
+            return 2
+
+    from svgen.metrics.suite import ClipSourceError, FeatureNets, evaluate, iter_clips
+    from svgen.metrics.weights import FeatureWeightsError
+
+    if not args.generated.is_dir() or not any(args.generated.glob("*.mp4")):
+        print(f"error: no .mp4 files in '{args.generated}' (generate them with launch/sample.py)", file=sys.stderr)
+        return 2
+    e = cfg.eval
+    try:
+        nets = FeatureNets(e, e.metrics)  # before any decoding: a missing weight file fails at once
+        reference = iter_clips(e.reference, e.max_clips) if e.reference else None
+        result, _ = evaluate(iter_clips(args.generated, e.max_clips), reference, e, nets=nets)
+    except (FeatureWeightsError, ClipSourceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    if not args.no_mlflow:
+        run_id, uri = _log_mlflow(cfg, result, args)
+        print(f"logged to MLflow run {run_id} at {uri}")
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,20 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from svgen.config import ConfigError, load_config  # noqa: E402
-
-
-def _config(args):
-    if args.config:
-        return load_config(args.config, args.set)
-    from svgen.models.weights import exported_config_yaml
-
-    text = exported_config_yaml(args.weights)
-    if text is None:
-        raise ConfigError(f"'{args.weights}' carries no config: pass --config")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-    return load_config(f.name, args.set)
+from launch._cli import add_config_args, config_from  # noqa: E402
 
 
 def load_input_clip(path: str, cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +42,7 @@ def load_input_clip(path: str, cfg) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True, help="exported trained weights (.safetensors)")
-    ap.add_argument("--config", help="YAML config (default: the one stored in --weights)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
+    add_config_args(ap, from_weights=True)
     ap.add_argument("--prompt", action="append", default=[], help="prompt, repeatable (default: sample.prompt)")
     ap.add_argument("--unconditional", action="store_true", help="empty prompts")
     ap.add_argument("--num", type=int, default=1, help="videos per prompt")
@@ -74,10 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/samples", help="output folder")
     args = ap.parse_args(argv)
-    try:
-        cfg = _config(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from(args)
+    if cfg is None:
         return 2
     s = cfg.sample
     for key, attr in (("steps", "steps"), ("guidance_audio", "guidance_audio"), ("guidance_video", "guidance_video"),

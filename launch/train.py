@@ -17,21 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svgen.config import ConfigError, load_config  # noqa: E402
+from launch._cli import add_config_args, config_from  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YAML config")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    add_config_args(ap)
     ap.add_argument("--resume", default="auto", help="'auto' (latest checkpoint if any), 'none', or a checkpoint dir")
     ap.add_argument("--stop-after", type=int, default=None, help="leave after N steps in this process (testing)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from(args)
+    if cfg is None:
         return 2
     from svgen.train.loop import train
 

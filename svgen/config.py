@@ -265,6 +265,9 @@ class TrainConfig:
     """Train from the latent-shard-*.tar that launch/cache_latents.py wrote next to the shards."""
     val_every: int = 0
     """Sample and log a validation mp4 every N steps (0: only at the end)."""
+    val_clips: int = 1
+    """Sounding videos generated per validation; scored with eval.metrics when eval.reference is
+    set and there are >= 2 clips, else with AV-Align alone."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
@@ -284,6 +287,7 @@ class TrainConfig:
         _check(self.keep_last >= 1, f"{where}.keep_last", "must be >= 1")
         _check(self.loader_workers >= 0, f"{where}.loader_workers", "must be >= 0")
         _check(self.val_every >= 0, f"{where}.val_every", "must be >= 0")
+        _check(self.val_clips >= 1, f"{where}.val_clips", "must be >= 1")
 
 
 @dataclass
@@ -327,6 +331,42 @@ class TrackConfig:
     """MLflow run name (default: the out_dir's name)."""
 
 
+METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd")
+
+
+@dataclass
+class EvalConfig:
+    """Metrics of generated sounding videos (METHOD.md, "Metrics"): launch/eval.py and the
+    training loop's validation. Feature networks load from local files only."""
+
+    metrics: list[str] = field(default_factory=lambda: ["av_align"])
+    """Which of av_align, fad_vggish (VGGish FAD), fd_panns (PANNs CNN14 FD), fvd, kvd (I3D) to
+    compute. All but av_align compare against ``reference`` and need their weight file."""
+    reference: str = ""
+    """Real clips to compare against: a folder of .mp4, or data_prep shards (folder, .tar or list)."""
+    vggish_path: str = ""
+    """VGGish torch state_dict (torchvggish layout) for fad_vggish."""
+    panns_path: str = ""
+    """PANNs CNN14 checkpoint (e.g. Cnn14_16k_mAP=0.438.pth) for fd_panns."""
+    i3d_path: str = ""
+    """I3D Kinetics-400 state_dict (pytorch-i3d layout, e.g. i3d_pretrained_400.pt) for fvd/kvd."""
+    fvd_frames: int = 16
+    """Frames per clip fed to I3D, taken evenly over the clip."""
+    max_clips: int = 0
+    """Use at most this many clips of each set (0: all)."""
+    batch_size: int = 8
+    """Clips per feature-network batch."""
+    device: str = "auto"
+    """Device of the feature networks: auto (CUDA when present), cpu, cuda, cuda:N."""
+
+    def validate(self, where: str) -> None:
+        for m in self.metrics:
+            _check(m in METRICS, f"{where}.metrics", f"holds unknown metric {m!r}; choose from {list(METRICS)}")
+        _check(self.fvd_frames >= 9, f"{where}.fvd_frames", "must be >= 9 (I3D's temporal strides)")
+        _check(self.max_clips >= 0, f"{where}.max_clips", "must be >= 0")
+        _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
+
+
 @dataclass
 class Config:
     """Everything one svgen run needs."""
@@ -343,6 +383,8 @@ class Config:
     """Sampling."""
     track: TrackConfig = field(default_factory=TrackConfig)
     """Experiment tracking."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation metrics (launch/eval.py, validation)."""
 
     def __post_init__(self) -> None:
         validate(self)

@@ -13,11 +13,33 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from svgen.metrics.weights import FeatureWeightsError, load_state, read_state, width_of
 from svgen.shards import log_mel
 
+__all__ = ["FeatureWeightsError", "VGGish", "frechet_distance", "kernel_distance", "load_vggish", "vggish_embeddings"]
 
-class FeatureWeightsError(FileNotFoundError):
-    """A feature network's weights are missing; the message names the path and the config key."""
+
+def kernel_distance(x: np.ndarray, y: np.ndarray, degree: int = 3, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> float:
+    """Unbiased squared MMD with the polynomial kernel k(a, b) = (a.b / D + 1)^degree (KVD on I3D
+    features, as KID on Inception features). Sets larger than ``subset_size`` are scored on
+    ``subsets`` random subsets and averaged, as the reference implementations do."""
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"kernel distance needs >= 2 samples per set, got {len(x)} and {len(y)}")
+    d = x.shape[1]
+    m = min(len(x), len(y), subset_size)
+    g = torch.Generator().manual_seed(seed)
+    whole = len(x) <= subset_size and len(y) <= subset_size
+    scores = []
+    for _ in range(1 if whole else subsets):
+        a = x if whole else x[torch.randperm(len(x), generator=g)[:m]]
+        b = y if whole else y[torch.randperm(len(y), generator=g)[:m]]
+        kxx, kyy, kxy = ((a @ a.T / d + 1) ** degree, (b @ b.T / d + 1) ** degree, (a @ b.T / d + 1) ** degree)
+        na, nb = len(a), len(b)
+        scores.append((kxx.sum() - kxx.diagonal().sum()) / (na * (na - 1))
+                      + (kyy.sum() - kyy.diagonal().sum()) / (nb * (nb - 1)) - 2 * kxy.mean())
+    return float(torch.stack(scores).mean())
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -55,13 +77,12 @@ class VGGish(nn.Module):
         return self.embeddings(x.permute(0, 2, 3, 1).flatten(1))
 
 
-def load_vggish(path: str | Path, width: float = 1.0) -> VGGish:
-    path = Path(path)
-    if not path.is_file():
-        raise FeatureWeightsError(f"VGGish weights not found at '{path}' (config key eval.vggish_path): "
-                                  "convert the published checkpoint to a torch state_dict file and point there")
-    net = VGGish(width)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+def load_vggish(path: str | Path) -> VGGish:
+    """VGGish from a local state_dict file (config key ``eval.vggish_path``)."""
+    what, key = "VGGish", "eval.vggish_path"
+    state = read_state(path, what, key)
+    net = VGGish(width_of(state, "features.0.weight", 64, path, what, key))
+    load_state(net, state, path, what, key)
     return net.eval()
 
 

@@ -28,7 +28,7 @@ from svgen.data.loader import make_loader
 from svgen.diffusion.objective import joint_loss
 from svgen.distributed import DistInfo, barrier, init_distributed
 from svgen.generate import generate, save_sounding_videos
-from svgen.metrics.av_align import av_align
+from svgen.metrics.suite import NEEDS_REFERENCE, RATE, Clip, FeatureNets, evaluate, iter_clips
 from svgen.models.build import build_system
 from svgen.shards import LATENT_INDEX
 from svgen.tracking import MLflowTracker, NullTracker
@@ -110,17 +110,47 @@ def make_tracker(cfg: Config, info: DistInfo, run_id: str | None):
                          artifact_root=str(Path(cfg.train.out_dir).parent / "mlartifacts"))
 
 
-def validate(system, cfg: Config, out_dir: Path, step: int, tracker, info: DistInfo) -> Path | None:
-    """A sounding-video sample from the current weights, logged as an artifact. Every rank runs
-    the sampler (under ZeRO-3 the forward gathers weights collectively); rank 0 writes it."""
-    frames, wave = generate(system, [cfg.sample.prompt], cfg.data, cfg.sample, progress=False)
+def validate(system, cfg: Config, out_dir: Path, step: int, tracker, info: DistInfo,
+             cache: dict | None = None) -> Path | None:
+    """``train.val_clips`` sounding videos from the current weights, logged as artifacts and
+    scored by the same code as launch/eval.py: AV-Align, plus the distances of ``eval.metrics``
+    when ``eval.reference`` is set and there are >= 2 clips (reference features and feature
+    networks are kept in ``cache`` across validations). Every rank runs the sampler (under
+    ZeRO-3 the forward gathers weights collectively); rank 0 writes and scores."""
+    n = cfg.train.val_clips
+    frames, wave = generate(system, [cfg.sample.prompt] * n, cfg.data, cfg.sample,
+                            seed=[cfg.sample.seed + i for i in range(n)], progress=False)
     if not info.is_main:
         return None
-    (path,) = save_sounding_videos(out_dir / "samples", frames, wave, cfg.data, stem=f"step{step:07d}")
-    tracker.log_artifact(path, "samples")
-    score = av_align(frames[0].cpu().numpy(), wave[0].cpu().numpy(), cfg.data.fps, cfg.data.sample_rate)
-    tracker.log({"val/av_align": score["av_align"]}, step)  # the same metric code as launch/eval.py
-    return path
+    paths = save_sounding_videos(out_dir / "samples", frames, wave, cfg.data, stem=f"step{step:07d}")
+    for path in paths:
+        tracker.log_artifact(path, "samples")
+    e, cache, metrics = cfg.eval, cache if cache is not None else {}, _val_metrics(cfg)
+    wave = wave.float().cpu()
+    if cfg.data.sample_rate != RATE:
+        import torchaudio
+
+        wave = torchaudio.functional.resample(wave, cfg.data.sample_rate, RATE)
+    clips = [Clip(p.stem, frames[i].cpu().numpy(), wave[i].numpy(), float(cfg.data.fps)) for i, p in enumerate(paths)]
+    if "nets" not in cache:
+        cache["nets"] = FeatureNets(e, metrics)
+    need_ref = len(metrics) > 1 and "reference" not in cache
+    try:
+        scores, ref = evaluate(clips, iter_clips(e.reference, e.max_clips) if need_ref else None, e, metrics,
+                               cache["nets"], cache.get("reference"), progress=False)
+    except (OSError, ValueError) as err:  # a bad reference must not cost the run: the mp4s are saved
+        print(f"validation at step {step}: scoring failed: {err}", flush=True)
+        return paths[0]
+    if ref is not None:
+        cache["reference"] = ref
+    tracker.log({f"val/{k}": v for k, v in scores.items() if not k.startswith("num_")}, step)
+    return paths[0]
+
+
+def _val_metrics(cfg: Config) -> list[str]:
+    """AV-Align always; the distances of eval.metrics when there is a reference and >= 2 clips."""
+    e = cfg.eval
+    return ["av_align"] + [m for m in e.metrics if m in NEEDS_REFERENCE and e.reference and cfg.train.val_clips >= 2]
 
 
 def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> dict:
@@ -158,6 +188,13 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
         ema.load_state_dict(state["ema"])
 
     tracker = make_tracker(cfg, info, state.get("run_id") if state else None)
+    val_cache: dict = {}
+    if info.is_main:  # a missing feature-network file or too-short clips fail now, not after training
+        val_cache["nets"] = FeatureNets(cfg.eval, _val_metrics(cfg))
+        frames = round(cfg.data.seconds * cfg.data.fps)
+        if {"fvd", "kvd"} & set(_val_metrics(cfg)) and frames < cfg.eval.fvd_frames:
+            raise ValueError(f"validation scores fvd/kvd on {cfg.eval.fvd_frames} frames (eval.fvd_frames) but "
+                             f"clips have {frames}: lower eval.fvd_frames or drop fvd/kvd from eval.metrics")
     if t.cached_latents:
         check_latent_cache(t.shards, encoder_fingerprint(system, cfg.data))
     loader = make_loader(t.shards, t.batch_size, info.rank, info.world_size, t.loader_workers, t.seed,
@@ -222,7 +259,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
                              "ema": ema.state_dict() if ema is not None else None}
             ckpt.save(engine, step, trainer_state, gen)
         if t.val_every and step % t.val_every == 0 and step < t.steps:
-            validate(system, cfg, out_dir, step, tracker, info)
+            validate(system, cfg, out_dir, step, tracker, info, val_cache)
         if leaving:
             reason = f"stopped by {stop.raised}" if preempted else "stopped (stop_after)"
             break
@@ -232,7 +269,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
               "run_id": tracker.run_id, "tracking_uri": getattr(tracker, "uri", None)}
     weights = trained_state_dict(engine)
     if step >= t.steps:
-        sample = validate(system, cfg, out_dir, step, tracker, info)
+        sample = validate(system, cfg, out_dir, step, tracker, info, val_cache)
         if info.is_main:
             meta = {"step": str(step), "config": to_yaml(cfg)}
             result["weights"] = str(export_weights(out_dir / "export" / "trained.safetensors", weights, meta))
