@@ -148,20 +148,20 @@ def sweep(x, e, w, b, gu, ga, dev, iters, fwd_bytes, bwd_bytes, peak) -> None:
     default = dict(tk.LAUNCH)
     pct = (lambda nbytes, t: f"{100 * nbytes / t / peak:4.0f}% peak") if peak else (lambda nbytes, t: "")
     try:
-        for tile, warps, programs in [(2048, 4, 8192), (4096, 4, 8192), (8192, 8, 8192), (8192, 8, 1 << 20),
-                                      (16384, 16, 8192), (8192, 8, 2048)]:
+        for tile, warps, programs in [(4096, 4, None), (8192, 8, None), (8192, 8, 8192), (8192, 8, 1 << 20),
+                                      (8192, 8, 512)]:
             tk.LAUNCH.update(fwd_tile=tile, fwd_warps=warps, fwd_programs=programs)
             with torch.no_grad():
                 t = _bench(lambda: tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest"), dev, 3, iters)
-            print(f"  sweep fwd tile {tile:5d} warps {warps:2d} programs {programs:7d}: {t * 1e3:7.3f} ms "
+            print(f"  sweep fwd tile {tile:5d} warps {warps:2d} programs {programs or 'auto':>7}: {t * 1e3:7.3f} ms "
                   f"{pct(fwd_bytes, t)}")
         tk.LAUNCH.update(default)
         u, a = tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest")
-        for tile, warps, programs in [(2048, 4, 2048), (4096, 4, 2048), (4096, 8, 2048), (4096, 8, 8192),
-                                      (8192, 8, 2048), (4096, 8, 1024)]:
+        for tile, warps, programs in [(2048, 4, None), (4096, 8, None), (4096, 8, 2048), (4096, 8, 132),
+                                      (8192, 8, None)]:
             tk.LAUNCH.update(bwd_tile=tile, bwd_warps=warps, bwd_programs=programs)
             t = _bench(lambda: torch.autograd.grad((u, a), (x, e, w, b), (gu, ga), retain_graph=True), dev, 3, iters)
-            print(f"  sweep bwd tile {tile:5d} warps {warps:2d} programs {programs:7d}: {t * 1e3:7.3f} ms "
+            print(f"  sweep bwd tile {tile:5d} warps {warps:2d} programs {programs or 'auto':>7}: {t * 1e3:7.3f} ms "
                   f"{pct(bwd_bytes, t)}")
     finally:
         tk.LAUNCH.update(default)

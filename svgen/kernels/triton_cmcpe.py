@@ -124,11 +124,19 @@ def _bwd_kernel(x_ptr, w_ptr, du_ptr, da_ptr, mean_ptr, rstd_ptr, dx_ptr, de_ptr
 
 
 # Launch shape. A tile holds BLOCK_S rows x next_pow2(C) channels (about `*_tile` fp32 values in
-# registers). The S positions of each (b, t) are split into chunks so that about
-# `*_programs` programs run: at batch 1 the B*T pairs alone (e.g. 32 frames) would leave most
-# SMs idle. The backward writes one partial sum per program for d(emb), d(weight), d(bias).
-LAUNCH = {"fwd_tile": 8192, "fwd_warps": 8, "fwd_programs": 8192,
-          "bwd_tile": 4096, "bwd_warps": 8, "bwd_programs": 2048}
+# registers). The S positions of each (b, t) are split into chunks so that about `*_programs`
+# programs run (None: `*_waves` per SM): at batch 1 the B*T pairs alone (e.g. 32 frames) would
+# leave most SMs idle. The backward writes one partial sum per program for d(emb), d(weight),
+# d(bias), so it splits no more than needed: on short S (audio) those sums cost real traffic.
+LAUNCH = {"fwd_tile": 8192, "fwd_warps": 8, "fwd_programs": None, "fwd_waves": 16,
+          "bwd_tile": 4096, "bwd_warps": 8, "bwd_programs": None, "bwd_waves": 4}
+
+
+def _target_programs(device: torch.device, which: str) -> int:
+    if LAUNCH[f"{which}_programs"]:
+        return LAUNCH[f"{which}_programs"]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return LAUNCH[f"{which}_waves"] * sms
 
 
 def _block_s(S: int, C: int, tile: int = 8192) -> int:
@@ -166,7 +174,7 @@ class _NormAddEmbedding(torch.autograd.Function):
         rstd = torch.empty_like(mean)
         BLOCK_C = triton.next_power_of_2(C)
         block_s = _block_s(S, C, LAUNCH["fwd_tile"])
-        rows, n = _chunks(B * T, S, block_s, LAUNCH["fwd_programs"])
+        rows, n = _chunks(B * T, S, block_s, _target_programs(x.device, "fwd"))
         _fwd_kernel[(B * T, n)](x, emb, weight, bias, u, a, mean, rstd, T, S, C, T_O, rows,
                                 *x.stride(), *emb.stride(), eps,
                                 MODE=_MODES[mode], BLOCK_S=block_s, BLOCK_C=BLOCK_C,
@@ -183,7 +191,7 @@ class _NormAddEmbedding(torch.autograd.Function):
         da = torch.zeros_like(x) if da is None else da
         dx = torch.empty((B, T, S, C), device=x.device, dtype=x.dtype)
         block_s = _block_s(S, C, LAUNCH["bwd_tile"])
-        rows, n = _chunks(B * T, S, block_s, LAUNCH["bwd_programs"])
+        rows, n = _chunks(B * T, S, block_s, _target_programs(x.device, "bwd"))
         de_t = torch.empty((B * T * n, C), device=x.device, dtype=torch.float32)
         dw = torch.empty_like(de_t)
         db = torch.empty_like(de_t)
