@@ -47,6 +47,18 @@ def test_guidance_and_gamma_change_the_result(system):
     assert (a3 - a0).abs().mean() > (v3 - v0).abs().mean()
 
 
+def test_guidance_scales_act_per_modality(system_factory):
+    """With the cross-modal path closed (the untrained model: zero-init output projections) each
+    guidance scale must move its own modality only, bit for bit."""
+    closed = system_factory()
+    base = SampleConfig(steps=3, gamma=1.5)
+    a0, v0 = _sample(closed, base, 0)
+    a1, v1 = _sample(closed, dataclasses.replace(base, guidance_audio=6.0), 0)
+    assert torch.equal(v0, v1) and not torch.allclose(a0, a1)
+    a2, v2 = _sample(closed, dataclasses.replace(base, guidance_video=2.0), 0)
+    assert torch.equal(a0, a2) and not torch.allclose(v0, v2)
+
+
 def test_generate_decodes_frames_and_waveform(system, tiny_cfg):
     cfg = tiny_cfg()
     frames, wave = generate(system, ["a", "b"], cfg.data, SampleConfig(steps=2), progress=False)
