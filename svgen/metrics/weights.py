@@ -15,9 +15,12 @@ class FeatureWeightsError(FileNotFoundError):
 
 def read_state(path: str | Path, what: str, key: str) -> dict[str, torch.Tensor]:
     """The state_dict in a torch file (or in a checkpoint dict under 'model' or 'state_dict')."""
-    path = Path(path) if str(path) else None
-    if path is None or not path.is_file():
-        raise FeatureWeightsError(f"{what} weights not found at '{path or ''}' (config key {key}): put the "
+    if not str(path):
+        raise FeatureWeightsError(f"no {what} weights: set {key} to the local file (e.g. --set {key}=PATH), "
+                                  "or drop the metric from eval.metrics")
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureWeightsError(f"{what} weights not found at '{path}' (config key {key}): put the "
                                   f"converted torch state_dict there, or drop the metric from eval.metrics")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
