@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from pathlib import Path
 
 from svgen.config import Config, ConfigError, load_config
 
@@ -24,14 +25,17 @@ def add_config_args(ap: argparse.ArgumentParser, required: bool = True, default:
                     help="dotted config override, repeatable (e.g. --set train.lr=1e-4)")
 
 
-def config_from(args: argparse.Namespace, extra: list[str] | None = None) -> Config | None:
-    """The config named by --config (else stored in --weights) with --set and ``extra`` applied;
-    None after printing the error when it cannot be loaded."""
+def config_from(args: argparse.Namespace, extra: list[str] | None = None,
+                defaults: bool = False) -> Config | None:
+    """The config named by --config (else stored in --weights; else, with ``defaults``, the schema
+    defaults) with --set and ``extra`` applied; None after printing the error when it cannot be loaded."""
     sets = list(args.set) + list(extra or [])
     try:
         if args.config:
             return load_config(args.config, sets)
         weights = getattr(args, "weights", None)
+        if defaults and not (weights and Path(weights).is_file()):
+            return load_config(None, sets)
         if not weights:
             raise ConfigError("no config: pass --config")
         from svgen.models.weights import exported_config_yaml

@@ -68,18 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"eval.metrics=[{args.metrics}]")
     if args.tracking_uri:  # an explicit flag beats MLFLOW_TRACKING_URI, which beats the config
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    if args.config is None and not (args.weights and Path(args.weights).is_file()):
-        from svgen.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(None, list(args.set) + extra)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    else:
-        cfg = config_from(args, extra)
-        if cfg is None:
-            return 2
+    cfg = config_from(args, extra, defaults=True)
+    if cfg is None:
+        return 2
 
     from svgen.metrics.suite import ClipSourceError, FeatureNets, evaluate, iter_clips
     from svgen.metrics.weights import FeatureWeightsError

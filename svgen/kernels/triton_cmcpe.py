@@ -15,6 +15,8 @@ TRITON_INTERPRET=1 (how the tests check it against ``reference.py``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -132,11 +134,13 @@ LAUNCH = {"fwd_tile": 8192, "fwd_warps": 8, "fwd_programs": None, "fwd_waves": 1
           "bwd_tile": 4096, "bwd_warps": 8, "bwd_programs": None, "bwd_waves": 4}
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _target_programs(device: torch.device, which: str) -> int:
-    if LAUNCH[f"{which}_programs"]:
-        return LAUNCH[f"{which}_programs"]
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return LAUNCH[f"{which}_waves"] * sms
+    return LAUNCH[f"{which}_programs"] or LAUNCH[f"{which}_waves"] * _sm_count(device)
 
 
 def _block_s(S: int, C: int, tile: int = 8192) -> int:

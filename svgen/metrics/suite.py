@@ -110,16 +110,18 @@ def _run_batched(fn, items: list) -> list[np.ndarray]:
 def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], batch_size: int = 8,
             desc: str = "clips", progress: bool = True) -> dict[str, np.ndarray]:
     """Per-clip AV-Align scores and feature arrays for ``metrics`` over a stream of clips."""
+    from svgen.metrics.fad import vggish_embeddings
+    from svgen.metrics.i3d import i3d_features
+    from svgen.metrics.panns import panns_embeddings
+
     metrics = set(metrics)
     out: dict[str, list] = {"av_align": [], "vggish": [], "panns": [], "i3d": []}
     count = 0
 
     def flush(batch: list[Clip]) -> None:
         if nets.panns is not None:
-            from svgen.metrics.panns import panns_embeddings
             out["panns"] += _run_batched(lambda w: panns_embeddings(nets.panns, w), [c.wave for c in batch])
         if nets.i3d is not None:
-            from svgen.metrics.i3d import i3d_features
             out["i3d"] += _run_batched(lambda f: i3d_features(nets.i3d, f, nets.fvd_frames), [c.frames for c in batch])
 
     batch: list[Clip] = []
@@ -128,7 +130,6 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
         if "av_align" in metrics:
             out["av_align"].append(av_align(clip.frames, clip.wave, clip.fps, RATE)["av_align"])
         if nets.vggish is not None:
-            from svgen.metrics.fad import vggish_embeddings
             out["vggish"].append(vggish_embeddings(nets.vggish, clip.wave, RATE))
         batch.append(clip)
         if len(batch) >= batch_size:
