@@ -254,5 +254,6 @@ def test_validation_scores_with_the_eval_suite(tiny_cfg, nets, tmp_path):
     # Later validations reuse the reference features (the shards are not read again).
     for p in (tmp_path / "ref").iterdir():
         p.unlink()
+    rec.metrics.clear()
     validate(system, cfg, tmp_path / "out", 10, rec, info, cache)
     assert rec.metrics["val/fad_vggish"] > 0
