@@ -8,7 +8,7 @@ export DS_BUILD_OPS := 0
 # Keep JIT-built extensions (DeepSpeed ops) inside the venv, not in ~/.cache.
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 
-.PHONY: demo test env clean
+.PHONY: demo test test-fast env clean
 
 # uv installs the pinned set in well under a minute where pip takes about five. It gets the
 # find-links folder of the machine's pip config (where CPU-only machines keep the CPU torch wheel)
@@ -39,6 +39,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=20 tests
+
+# The single-process tier only (about a third of the suite's time): for a quick check while
+# developing. `make test` (and CI) runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not multiprocess" tests
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -12,6 +12,7 @@ Ray is started before timing, so its start-up is not counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from data_prep.run import _init_ray, run  # noqa: E402
-from data_prep.stages import decode_clips, plan_windows, probe  # noqa: E402
+from data_prep.decode import decode_clips  # noqa: E402
+from data_prep.probe import probe  # noqa: E402
+from data_prep.windows import plan_windows  # noqa: E402
 from media_fixtures import write_flash_click  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 
@@ -68,7 +71,7 @@ def main() -> None:
         rates = {}
         for workers in (1, 2):
             out = tmp / f"out{workers}"
-            cfg.prep.workers = workers
+            cfg = dataclasses.replace(cfg, prep=dataclasses.replace(cfg.prep, workers=workers))
             t0 = time.perf_counter()
             s = run(str(src), str(out), cfg, progress=False)
             rates[workers] = s["clips_written"] / (time.perf_counter() - t0)

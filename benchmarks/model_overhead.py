@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from svgen.config import load_config  # noqa: E402
-from svgen.diffusion.objective import LatentBatch, joint_loss  # noqa: E402
-from svgen.media.codec import latent_shapes  # noqa: E402
-from svgen.models.build import DTYPES, build_system  # noqa: E402
+from svgen.data.latents import LatentBatch  # noqa: E402
+from svgen.models.codec import latent_shapes  # noqa: E402
+from svgen.system import DTYPES, build_system  # noqa: E402
 from svgen.models.tiny import build_tiny_bases  # noqa: E402
 from svgen.train.engine import make_optimizer  # noqa: E402
 
@@ -68,13 +68,12 @@ def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[st
                              dtype=torch.bfloat16 if full else torch.float32)
     sets = [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
             f"model.video.motion_adapter_path={bases['motion_adapter']}", "train.batch_size=1"] + overrides + extra
-    cfg = load_config(ROOT / "configs" / cfg_file, sets)
-    # Always run the x0_hat pass so both sides do two forwards.
-    cfg.train.x0_zero_prob = 0.0
+    # Always run the x0_hat pass (x0_zero_prob 0) so both sides do two forwards.
+    cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.x0_zero_prob=0.0"])
     print(f"{name}: base dtype {cfg.model.base_dtype}, {cfg.data.seconds:g} s x {cfg.data.fps} fps x "
           f"{cfg.data.size} px, device {dev}")
     for kernel in kernels:
-        cfg.model.cmcpe.kernel = kernel
+        cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.x0_zero_prob=0.0", f"model.cmcpe.kernel={kernel}"])
         system = build_system(cfg).to(dev)
         dtype = DTYPES[cfg.model.base_dtype]
         # As DeepSpeed's bf16 mode does: the trained modules compute in the bases' dtype.
@@ -87,8 +86,7 @@ def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[st
         opt = make_optimizer(system.model, cfg)
 
         def joint_step():
-            loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a,
-                                 system.empty_v, cfg.train, g)
+            loss, _ = system.loss(batch, cfg.train, generator=g)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -32,10 +32,8 @@ import torch  # noqa: E402
 from data_prep.run import run as run_prep  # noqa: E402
 from media_fixtures import write_flash_click  # noqa: E402
 from svgen.config import load_config  # noqa: E402
-from svgen.data.latents import to_latents  # noqa: E402
-from svgen.data.loader import make_loader, repeat  # noqa: E402
-from svgen.diffusion.objective import joint_loss  # noqa: E402
-from svgen.models.build import build_system  # noqa: E402
+from svgen.data.loader import DataPosition, endless, make_loader  # noqa: E402
+from svgen.system import build_system  # noqa: E402
 from svgen.models.tiny import build_tiny_bases  # noqa: E402
 from svgen.train.engine import make_optimizer  # noqa: E402
 
@@ -61,15 +59,14 @@ def bare(cfg, steps: int) -> float:
     torch.manual_seed(0)
     system = build_system(cfg)
     opt = make_optimizer(system.model, cfg)
-    it = repeat(make_loader(cfg.train.shards, cfg.train.batch_size, seed=cfg.train.seed))
+    it = endless(make_loader(cfg.train.shards, cfg.train.batch_size, seed=cfg.train.seed), DataPosition())
     gen = torch.Generator().manual_seed(0)
     system.model.train()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        batch = to_latents(system, next(it), cfg.data)
-        loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v,
-                             cfg.train, gen)
+        batch = system.encode(next(it), cfg.data)
+        loss, _ = system.loss(batch, cfg.train, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(system.model.trainable_parameters(), cfg.train.grad_clip)

@@ -16,8 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.inputs import InputItem, discover
-from data_prep.shard import _atomic_json, is_finished, stats_path, write_shard
+from data_prep.shard import is_finished, stats_path, write_shard
 from svgen.config import Config, to_dict
+from svgen.fileio import write_json, write_lines
 from svgen.shards import shard_name
 
 
@@ -62,7 +63,7 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
         if prev.get("fingerprint") != fp:
             for f in out.glob("shard-*"):
                 f.unlink()
-    _atomic_json(run_file, {"fingerprint": fp, "source": str(source), "config": to_dict(cfg)})
+    write_json(run_file, {"fingerprint": fp, "source": str(source), "config": to_dict(cfg)})
 
     n = cfg.prep.inputs_per_shard
     shards = {k: items[k * n:(k + 1) * n] for k in range((len(items) + n - 1) // n)}
@@ -116,12 +117,8 @@ def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, st
             errors.append({**e, "shard": stats["shard"]})
     for e in errors:
         by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
-    with open(out / "manifest.jsonl.tmp", "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in manifest)
-    os.replace(out / "manifest.jsonl.tmp", out / "manifest.jsonl")
-    with open(out / "errors.jsonl.tmp", "w") as f:
-        f.writelines(json.dumps(e) + "\n" for e in errors)
-    os.replace(out / "errors.jsonl.tmp", out / "errors.jsonl")
+    write_lines(out / "manifest.jsonl", [json.dumps(m) for m in manifest])
+    write_lines(out / "errors.jsonl", [json.dumps(e) for e in errors])
     inputs = sum(len(v) for v in shards.values())
     failed_inputs = {e["input"] for e in errors}
     summary = {
@@ -132,7 +129,7 @@ def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, st
         "media_hours": media / 3600, "clip_hours": clip_sec / 3600, "seconds": seconds,
         "clips_per_second": clips / seconds if seconds > 0 else 0.0,
     }
-    _atomic_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -24,6 +24,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from launch._cli import add_config_args, config_from  # noqa: E402
+from svgen.data.source import latent_twin  # noqa: E402
+from svgen.fileio import atomic_path, write_json  # noqa: E402
 from svgen.shards import LATENT_INDEX, LATENT_PREFIX  # noqa: E402
 
 
@@ -31,34 +33,30 @@ class Encoder:
     """Holds the frozen encoders; turns one raw shard into one latent shard."""
 
     def __init__(self, cfg, device: str):
-        from svgen.data.latents import encoder_fingerprint
-        from svgen.models.build import build_system
+        from svgen.system import build_system
 
         torch.set_num_threads(1)
         self.cfg, self.device = cfg, torch.device(device)
         self.system = build_system(cfg).to(self.device)
-        self.fingerprint = encoder_fingerprint(self.system, cfg.data)
+        self.fingerprint = self.system.encoder_fingerprint(cfg.data)
 
     def encode_shard(self, url: str, batch_size: int) -> int:
         import webdataset as wds
 
-        from svgen.data.latents import to_latents
         from svgen.data.loader import ClipStream, collate
         from svgen.shards import encode_latent_sample
 
-        final = Path(url).with_name(LATENT_PREFIX + Path(url).name)
-        tmp = final.with_name(f".{final.name}.tmp")
+        final = latent_twin(Path(url))
         items, n = list(ClipStream([url], shuffle_buffer=1)), 0
-        with wds.TarWriter(str(tmp)) as sink:
+        with atomic_path(final) as tmp, wds.TarWriter(str(tmp)) as sink:
             for i in range(0, len(items), batch_size):
                 batch = collate(items[i:i + batch_size])
-                lat = to_latents(self.system, batch, self.cfg.data)
+                lat = self.system.encode(batch, self.cfg.data)
                 for j, key in enumerate(batch["key"]):
                     meta = {**batch["meta"][j], "encoder_fingerprint": self.fingerprint}
                     sink.write(encode_latent_sample(key, lat.x_a[j].cpu().numpy(), lat.x_v[j].cpu().numpy(),
                                                     lat.text_a[j].cpu().numpy(), lat.text_v[j].cpu().numpy(), meta))
                     n += 1
-        os.replace(tmp, final)
         return n
 
 
@@ -73,24 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from(args)
     if cfg is None:
         return 2
-    from svgen.data.latents import encoder_fingerprint
-    from svgen.data.loader import shard_urls
-    from svgen.models.build import build_system
+    from svgen.data.source import ShardError, resolve_shards
+    from svgen.system import build_system
 
     root = Path(args.shards)
-    urls = shard_urls(root)
-    todo = [u for u in urls if not Path(u).with_name(LATENT_PREFIX + Path(u).name).is_file()]
+    try:
+        urls = list(resolve_shards(root).urls)
+    except ShardError as e:
+        print(f"error: --shards: {e}", file=sys.stderr)
+        return 2
+    if not root.is_dir():
+        print(f"error: --shards '{root}' must be a data_prep output folder (the cache index latents.json goes beside "
+              "the shards)", file=sys.stderr)
+        return 2
+    todo = [u for u in urls if not latent_twin(Path(u)).is_file()]
     # The driver checks the cache before any actor starts: a stale cache is refused at once.
-    fingerprint = encoder_fingerprint(build_system(cfg), cfg.data)
+    fingerprint = build_system(cfg).encoder_fingerprint(cfg.data)
     index = root / LATENT_INDEX
     if index.is_file() and json.loads(index.read_text())["encoder_fingerprint"] != fingerprint:
         print(f"error: '{root}' holds latents of other encoders or settings; delete {LATENT_PREFIX}shard-*.tar "
               f"and {index} to re-encode", file=sys.stderr)
         return 2
     clips = _encode(cfg, todo, args) if todo else 0
-    tmp = index.with_name(index.name + ".tmp")
-    tmp.write_text(json.dumps({"encoder_fingerprint": fingerprint, "shards": len(urls)}, indent=1))
-    os.replace(tmp, index)
+    write_json(index, {"encoder_fingerprint": fingerprint, "shards": len(urls)})
     print(f"cached latents: {clips} clips in {len(todo)} shards ({len(urls) - len(todo)} already done) under {root}")
     return 0
 

@@ -13,12 +13,12 @@ Everything goes under --out (default runs/demo); the end of the output says wher
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 from svgen.config import load_config
+from svgen.fileio import write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
@@ -56,7 +56,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
     cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.shards={out}/shards",
-                                    f"track.tracking_uri={uri}", "track.run_name=demo"] + args.set)
+                                    f"track.tracking_uri={uri}", "track.run_name=demo",
+                                    "train.check_frozen=true"] + args.set)  # tiny bases: the proof is cheap
     out.mkdir(parents=True, exist_ok=True)
     if not Path(cfg.model.audio.path).exists() or not Path(cfg.model.video.path).exists():
         root = Path(cfg.model.audio.path).parent
@@ -74,7 +75,7 @@ def main() -> None:
     result = train(cfg, resume="none")
     info = probe(result["sample"])
     kinds = ", ".join(f"{s['type']} {s['codec']} {s['duration']:.2f}s" for s in info["streams"])
-    (out / "summary.json").write_text(json.dumps({**result, "probe": info, "seconds": time.time() - t0}, indent=2))
+    write_json(out / "summary.json", {**result, "probe": info, "seconds": time.time() - t0}, indent=2)
     print(f"[demo] sample: {result['sample']} ({kinds})")
     print(f"[demo] trained weights: {result['weights']} (EMA: {result.get('ema_weights')})")
     print(f"[demo] shards: {cfg.train.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")

@@ -13,6 +13,7 @@ timestep at every step (the reference code's replacement approach).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,18 +25,26 @@ from tqdm import tqdm  # noqa: E402
 from launch._cli import add_config_args, config_from  # noqa: E402
 
 
+# Sampling flags and the config keys they set (as --set would, so the config validates them).
+FLAG_KEYS = {"steps": "sample.steps", "guidance_audio": "sample.guidance_audio",
+             "guidance_video": "sample.guidance_video", "negative_prompt": "sample.negative_prompt",
+             "gamma": "sample.gamma"}
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The given sampling flags as dotted overrides (strings JSON-quoted: a YAML scalar as typed)."""
+    return [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items()
+            if getattr(args, flag) is not None]
+
+
 def load_input_clip(path: str, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """The first window of a source video, decoded exactly as data prep decodes it."""
-    from data_prep.stages import decode_clips, plan_windows, probe
+    from data_prep.decode import DecodeError, decode_first_clip
 
-    p, err = probe(path)
-    if err is None:
-        windows, err = plan_windows(p, cfg.data, cfg.prep)
-    if err is not None:
-        raise SystemExit(f"error: cannot use --input '{path}': {err['stage']}: {err['message']}")
-    clip, err = next(decode_clips(p, windows[:1], cfg.data, cfg.prep))
-    if err is not None:
-        raise SystemExit(f"error: cannot decode --input '{path}': {err['message']}")
+    try:
+        clip = decode_first_clip(path, cfg.data, cfg.prep)
+    except DecodeError as e:
+        raise SystemExit(f"error: cannot use --input {e}") from None
     return torch.from_numpy(clip.frames)[None], torch.from_numpy(clip.wave)[None]
 
 
@@ -59,21 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/samples", help="output folder")
     args = ap.parse_args(argv)
-    cfg = config_from(args)
+    cfg = config_from(args, extra=flag_overrides(args))
     if cfg is None:
         return 2
     s = cfg.sample
-    for key, attr in (("steps", "steps"), ("guidance_audio", "guidance_audio"), ("guidance_video", "guidance_video"),
-                      ("negative_prompt", "negative_prompt"), ("gamma", "gamma")):
-        if getattr(args, key) is not None:
-            setattr(s, attr, getattr(args, key))
     if args.mode != "joint" and not args.input:
         ap.error(f"--mode {args.mode} needs --input")
 
-    from svgen.diffusion.sampler import Given
     from svgen.generate import generate, save_sounding_videos
-    from svgen.media.codec import encode_audio, encode_video
-    from svgen.models.build import build_system
+    from svgen.models.codec import encode_audio, encode_video
+    from svgen.system import Given, build_system
     from svgen.models.weights import WeightsError, load_trained_weights
 
     system = build_system(cfg)

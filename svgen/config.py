@@ -5,6 +5,11 @@ A YAML file under ``configs/`` is a serialized instance of :class:`Config`. It m
 Command-line overrides are dotted: ``--set model.cmcpe.depth=2``. Unknown keys are errors that
 name the nearest valid key; values are type-checked and range-checked on construction.
 
+A loaded config is immutable (frozen dataclasses): every entry point changes it through ``--set``
+or ``dataclasses.replace``, so nothing bypasses validation. Rules between sections (the two
+bases' step counts, validation's I3D frames vs the clip's frames) are checked in one place,
+:func:`check_cross_section`.
+
 This module imports nothing from the rest of svgen (it is the bottom of the import graph).
 """
 
@@ -29,7 +34,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class NoiseSchedule:
     """One base model's DDPM noise schedule (METHOD.md, "Base models")."""
 
@@ -50,7 +55,7 @@ class NoiseSchedule:
                "need 0 < beta_start < beta_end < 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AudioBaseConfig:
     """The frozen audio diffusion model (AudioLDM, diffusers layout)."""
 
@@ -61,7 +66,7 @@ class AudioBaseConfig:
     """The audio base's noise schedule."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoBaseConfig:
     """The frozen video diffusion model (SD-1.5 UNet + AnimateDiff motion adapter)."""
 
@@ -73,7 +78,7 @@ class VideoBaseConfig:
     """The video base's noise schedule."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncoderConfig:
     """Environment encoders E_a, E_v (METHOD.md, "Added modules" 1)."""
 
@@ -85,7 +90,7 @@ class EncoderConfig:
     """Heads of the video encoder's light temporal attention."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class CMCPEConfig:
     """The cross-modal blocks inserted into both UNets (METHOD.md, "Added modules" 3-4)."""
 
@@ -115,7 +120,7 @@ class CMCPEConfig:
             _check(len(set(idx)) == len(idx), f"{where}.{name}", "has duplicate indices")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """The joint model: two frozen bases plus the trainable cross-modal modules."""
 
@@ -133,7 +138,7 @@ class ModelConfig:
     """Also train the video motion modules (the reference code does by default)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Clip geometry and audio features (METHOD.md, GreatestHits setting)."""
 
@@ -177,7 +182,7 @@ class DataConfig:
         _check(self.num_frames >= 1, f"{where}.seconds", "gives zero frames at this fps")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepConfig:
     """Data prep: how source videos become WebDataset shards (data_prep/). Clip geometry
     (window length = data.seconds, fps, size, sample rate, mel settings) comes from ``data``."""
@@ -209,7 +214,7 @@ class PrepConfig:
         _check(self.max_retries >= 0, f"{where}.max_retries", "must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """The training objective and loop (METHOD.md, "Training")."""
 
@@ -268,6 +273,9 @@ class TrainConfig:
     val_clips: int = 1
     """Sounding videos generated per validation; scored with eval.metrics when eval.reference is
     set and there are >= 2 clips, else with AV-Align alone."""
+    check_frozen: bool = False
+    """Hash the frozen base weights before and after training into train_result.json (proof that
+    they never changed; a pass over every base weight on rank 0, so off by default)."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
@@ -290,7 +298,7 @@ class TrainConfig:
         _check(self.val_clips >= 1, f"{where}.val_clips", "must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     """Joint sampling with timestep adjustment (METHOD.md, "Sampling")."""
 
@@ -317,7 +325,7 @@ class SampleConfig:
         _check(self.eta >= 0, f"{where}.eta", "must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackConfig:
     """Experiment tracking (MLflow on rank 0)."""
 
@@ -334,7 +342,7 @@ class TrackConfig:
 METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Metrics of generated sounding videos (METHOD.md, "Metrics"): launch/eval.py and the
     training loop's validation. Feature networks load from local files only."""
@@ -367,7 +375,7 @@ class EvalConfig:
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Everything one svgen run needs."""
 
@@ -388,6 +396,7 @@ class Config:
 
     def __post_init__(self) -> None:
         validate(self)
+        check_cross_section(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +407,20 @@ class Config:
 def _check(ok: bool, key: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {why}")
+
+
+def check_cross_section(cfg: "Config") -> None:
+    """Rules that involve more than one section."""
+    a, v = cfg.model.audio.schedule, cfg.model.video.schedule
+    _check(a.num_train_timesteps == v.num_train_timesteps, "model.audio.schedule.num_train_timesteps",
+           f"({a.num_train_timesteps}) must equal model.video.schedule.num_train_timesteps ({v.num_train_timesteps}): "
+           "training draws one shared t for both bases")
+    e = cfg.eval
+    scored = cfg.train.val_clips >= 2 and bool(e.reference)  # validation scores eval.metrics then
+    if scored and {"fvd", "kvd"} & set(e.metrics) and cfg.data.num_frames < e.fvd_frames:
+        raise ConfigError(f"validation scores fvd/kvd on {e.fvd_frames} frames (eval.fvd_frames) but clips have "
+                          f"{cfg.data.num_frames} (data.seconds x data.fps): lower eval.fvd_frames or drop fvd/kvd "
+                          "from eval.metrics")
 
 
 def validate(obj: Any, where: str = "") -> None:

@@ -7,10 +7,9 @@ from pathlib import Path
 import torch
 
 from svgen.config import DataConfig, SampleConfig
-from svgen.diffusion.sampler import Given, sample_latents
-from svgen.media.codec import decode_audio, decode_video, latent_shapes
 from svgen.media.mp4 import write_mp4
-from svgen.models.build import JointSystem
+from svgen.models.codec import decode_audio, decode_video, latent_shapes
+from svgen.system import Given, JointSystem
 
 
 @torch.no_grad()
@@ -27,15 +26,14 @@ def generate(system: JointSystem, prompts: list[str], data: DataConfig, cfg: Sam
         gen = [torch.Generator(device=dev).manual_seed(s) for s in seed]
     else:
         gen = torch.Generator(device=dev).manual_seed(cfg.seed if seed is None else seed)
-    text_a, text_v = system.encode_text(prompts)
-    neg_a, neg_v = system.encode_text([cfg.negative_prompt])
     shape_a, shape_v = latent_shapes(system.audio, system.video, data, len(prompts))
     if given_a is not None and given_a.latent.shape[0] != len(prompts):
         given_a = Given(given_a.latent.expand(shape_a), given_a.mask.expand(shape_a))
     if given_v is not None and given_v.latent.shape[0] != len(prompts):
         given_v = Given(given_v.latent.expand(shape_v), given_v.mask.expand(shape_v))
-    z_a, z_v = sample_latents(system.model, system.sched_a, system.sched_v, text_a, text_v, neg_a, neg_v,
-                              shape_a, shape_v, cfg, gen, progress, given_a, given_v)
+    z_a, z_v = system.sample(text=system.encode_text(prompts), negative=system.encode_text([cfg.negative_prompt]),
+                             shapes=(shape_a, shape_v), cfg=cfg, generator=gen, progress=progress,
+                             given_a=given_a, given_v=given_v)
     frames = decode_video(system.video, z_v)
     wave = decode_audio(system.audio, z_a, data.num_samples)
     system.model.train(was_training)

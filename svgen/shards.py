@@ -16,16 +16,11 @@ may depend on it.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 from typing import Any
 
-import math
-
 import numpy as np
-import torch
-import torchaudio
 
 SCHEMA_VERSION = 1
 VIDEO, AUDIO, MEL, META = "video.npy", "audio.npy", "mel.npy", "json"
@@ -34,28 +29,6 @@ LATENT_A, LATENT_V, TEXT_A, TEXT_V = "latent_a.npy", "latent_v.npy", "text_a.npy
 LATENT_PREFIX = "latent-"
 LATENT_INDEX = "latents.json"
 STATS_SUFFIX = ".stats.json"
-
-
-LOG_FLOOR = math.log(1e-5)
-"""log(clamp(x, 1e-5)): the value of silence in a log-mel, also used to pad mel frames."""
-
-
-def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
-            fmax: float) -> torch.Tensor:
-    """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (METHOD.md):
-    magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
-    log(clamp(x, 1e-5)). What ``mel.npy`` in a shard holds."""
-    mel = _mel_transform(sample_rate, n_mels, hop_length, win_length, fmax).to(wave.device)(wave.float())
-    frames = wave.shape[-1] // hop_length
-    return torch.log(mel[..., :frames].clamp_min(1e-5)).transpose(-1, -2)
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_transform(sample_rate: int, n_mels: int, hop_length: int, win_length: int, fmax: float):
-    # Built once per setting: the filterbank costs more than one clip's STFT.
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
-        f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney", center=True)
 
 
 def clip_key(input_index: int, clip_index: int) -> str:

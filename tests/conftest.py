@@ -41,7 +41,7 @@ def tiny_cfg(tiny_bases):
 
 @pytest.fixture(scope="session")
 def system_factory(tiny_bases):
-    from svgen.models.build import build_system
+    from svgen.system import build_system
 
     def make(*overrides: str, seed: int = 0):
         return build_system(load_config(TINY, tiny_overrides(tiny_bases) + list(overrides)), seed=seed)
@@ -52,7 +52,6 @@ def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, 
     """A few single-process AdamW steps of the METHOD.md objective on one batch (component tests;
     the real loop is svgen.train.loop, tested in test_train.py)."""
     from svgen.config import TrainConfig
-    from svgen.diffusion.objective import joint_loss
 
     cfg = TrainConfig(lr=lr, **train_overrides)
     opt = torch.optim.AdamW(system.model.trainable_parameters(), lr=lr)
@@ -60,7 +59,7 @@ def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, 
     system.model.train()
     losses = []
     for _ in range(steps):
-        loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v, cfg, gen)
+        loss, _ = system.loss(batch, cfg, generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -7,10 +7,13 @@ from svgen.config import Config, ConfigError, field_docs, load_config, to_yaml
 from .conftest import ROOT, TINY
 
 
-def test_yaml_files_are_valid_instances():
+def test_yaml_files_load_and_round_trip(tmp_path):
+    """Every shipped YAML loads, and its dump loads back to an equal config."""
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(path)
-        assert isinstance(cfg, Config), path
+        dumped = tmp_path / path.name
+        dumped.write_text(to_yaml(cfg))
+        assert load_config(dumped) == cfg, path
 
 
 def test_greatesthits_has_the_papers_sizes():
@@ -96,3 +99,40 @@ def test_every_field_has_a_docstring():
                 walk(type(f.default_factory()), key + ".")
 
     walk(Config)
+
+
+def test_a_loaded_config_is_immutable():
+    cfg = load_config(TINY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sample.steps = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = None
+    # Changes go through replace, which validates the whole tree again.
+    with pytest.raises(ConfigError, match="sample.steps"):
+        dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, steps=0))
+
+
+def test_cross_section_rules_are_checked_on_load():
+    with pytest.raises(ConfigError, match="num_train_timesteps.*shared t"):
+        load_config(TINY, ["model.audio.schedule.num_train_timesteps=500"])
+    # tiny clips have 8 frames: validation cannot score fvd on 16 of them.
+    scored = ["train.val_clips=2", "eval.reference=ref_shards", "eval.metrics=[av_align,fvd]"]
+    with pytest.raises(ConfigError, match="eval.fvd_frames"):
+        load_config(TINY, scored)
+    assert load_config(TINY, scored + ["data.seconds=2.0"]).eval.fvd_frames == 16
+    assert load_config(TINY, scored[1:]).train.val_clips == 1  # one clip: AV-Align only, no rule
+
+
+def test_sample_cli_flags_are_validated_overrides():
+    import argparse
+
+    from launch.sample import flag_overrides
+
+    args = argparse.Namespace(steps=7, guidance_audio=None, guidance_video=3.0, gamma=None,
+                              negative_prompt="blurry: [low] quality, noisy")
+    cfg = load_config(TINY, flag_overrides(args))
+    assert (cfg.sample.steps, cfg.sample.guidance_video) == (7, 3.0)
+    assert cfg.sample.negative_prompt == "blurry: [low] quality, noisy"  # quoted: not read as YAML
+    with pytest.raises(ConfigError, match="sample.steps"):
+        load_config(TINY, flag_overrides(argparse.Namespace(steps=0, guidance_audio=None, guidance_video=None,
+                                                            gamma=None, negative_prompt=None)))

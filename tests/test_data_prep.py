@@ -15,7 +15,9 @@ import pytest
 
 from data_prep.inputs import InputError, discover
 from data_prep.run import PrepError, run
-from data_prep.stages import decode_clips, plan_windows, probe
+from data_prep.decode import decode_clips
+from data_prep.probe import probe
+from data_prep.windows import plan_windows
 from svgen.config import load_config
 from svgen.data.loader import make_loader
 from svgen.shards import decode_sample
@@ -111,6 +113,7 @@ def test_dual_discs_click_position():
     assert peak == pytest.approx(1.43, abs=1 / cfg.data.fps)
 
 
+@pytest.mark.multiprocess
 def test_bad_inputs_become_error_records(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -173,6 +176,7 @@ def _inputs(tmp_path, n):
     return src
 
 
+@pytest.mark.multiprocess
 def test_rerun_skips_finished_shards_and_refuses_other_inputs(tmp_path):
     src = _inputs(tmp_path, 4)
     out = tmp_path / "out"
@@ -187,6 +191,7 @@ def test_rerun_skips_finished_shards_and_refuses_other_inputs(tmp_path):
         run(str(src), str(out), _cfg(), progress=False)
 
 
+@pytest.mark.multiprocess
 def test_killed_run_resumes_to_the_same_shards(tmp_path):
     src = _inputs(tmp_path, 6)
     ref = tmp_path / "ref"
@@ -213,6 +218,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     assert len(keys) == len(set(keys)) == 12
 
 
+@pytest.mark.multiprocess
 def test_input_formats(tmp_path):
     src = _inputs(tmp_path, 2)
     exts = [".mp4"]
@@ -235,6 +241,7 @@ def test_input_formats(tmp_path):
     assert len(manifest[0]["clips"]) == 1
 
 
+@pytest.mark.multiprocess
 def test_shards_decode_without_pickle(tmp_path):
     src = _inputs(tmp_path, 2)
     out = tmp_path / "out"

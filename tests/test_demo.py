@@ -13,6 +13,7 @@ from svgen.media.mp4 import probe
 from .conftest import ROOT, tiny_overrides
 
 
+@pytest.mark.multiprocess
 def test_demo_end_to_end(tmp_path, tiny_bases):
     out = tmp_path / "demo"
     sets = []

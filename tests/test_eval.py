@@ -193,6 +193,7 @@ def test_evaluate_synced_vs_shifted_and_distances(nets, tmp_path):
         evaluate(shifted, None, cfg, progress=False)
 
 
+@pytest.mark.multiprocess
 def test_eval_cli_against_shards_logs_checkpoint_params(nets, tmp_path):
     import mlflow
 
@@ -227,8 +228,8 @@ def test_eval_cli_against_shards_logs_checkpoint_params(nets, tmp_path):
 
 def test_validation_scores_with_the_eval_suite(tiny_cfg, nets, tmp_path):
     from svgen.distributed import DistInfo
-    from svgen.models.build import build_system
-    from svgen.train.loop import validate
+    from svgen.system import build_system
+    from svgen.train.validation import Validator
 
     class Recorder:
         def __init__(self):
@@ -246,14 +247,15 @@ def test_validation_scores_with_the_eval_suite(tiny_cfg, nets, tmp_path):
     cfg = tiny_cfg(*sets)
     system = build_system(cfg)
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend="gloo")
-    rec, cache = Recorder(), {}
-    validate(system, cfg, tmp_path / "out", 5, rec, info, cache)
+    rec = Recorder()
+    validate = Validator(cfg, tmp_path / "out", info, rec)
+    validate(system, 5)
     assert len(rec.artifacts) == 2 and all(p.suffix == ".mp4" for p in rec.artifacts)
     assert {"val/av_align", "val/fad_vggish", "val/av_align_reference"} <= set(rec.metrics)
-    assert rec.metrics["val/fad_vggish"] > 0 and "reference" in cache
+    assert rec.metrics["val/fad_vggish"] > 0 and validate.reference is not None
     # Later validations reuse the reference features (the shards are not read again).
     for p in (tmp_path / "ref").iterdir():
         p.unlink()
     rec.metrics.clear()
-    validate(system, cfg, tmp_path / "out", 10, rec, info, cache)
+    validate(system, 10)
     assert rec.metrics["val/fad_vggish"] > 0

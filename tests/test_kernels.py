@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svgen.kernels import norm_add_embedding, resolve_kernel
+from svgen.kernels import norm_add_embedding
 from svgen.kernels.reference import norm_add_embedding_reference, resample_time
 
 triton_cmcpe = pytest.importorskip("svgen.kernels.triton_cmcpe", reason="the triton extra is not installed")
@@ -92,14 +92,6 @@ def test_nearest_resample_is_interpolate_nearest():
         torch.testing.assert_close(resample_time(e, t, "nearest"), ref, rtol=0, atol=0)
 
 
-def test_dispatch_choice():
-    assert resolve_kernel("auto", torch.device("cpu")) == "reference"
-    assert resolve_kernel("auto", torch.device("cuda")) == "triton"
-    assert resolve_kernel("compile", torch.device("cpu")) == "compile"
-    with pytest.raises(ValueError, match="unknown kernel"):
-        resolve_kernel("cuda-magic", torch.device("cpu"))
-
-
 def test_compile_variant_matches_reference():
     args = _inputs((2, 5, 6, 16, 3), torch.float32)
     outs = _run(lambda *a: norm_add_embedding(*a, kernel="compile"), *args, "nearest")
@@ -108,7 +100,7 @@ def test_compile_variant_matches_reference():
 
 
 def test_joint_model_trains_the_same_with_either_path(system_factory):
-    from svgen.diffusion.objective import LatentBatch
+    from svgen.data.latents import LatentBatch
 
     from .conftest import local_steps
 

@@ -9,12 +9,14 @@ import torch
 
 from data_prep.run import run as run_prep
 from svgen.config import load_config
-from svgen.data.latents import encoder_fingerprint, to_latents
 from svgen.data.loader import make_loader
-from svgen.train.loop import check_latent_cache
+from svgen.data.source import resolve_shards
 
 from .conftest import ROOT, TINY, tiny_overrides
 from .media_fixtures import write_flash_click
+
+
+pytestmark = pytest.mark.multiprocess  # Ray and subprocesses in every test
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,13 @@ def test_latent_shards_hold_what_the_encoders_give(cached, system_factory):
     assert "8 clips in 2 shards" in out
     assert sorted(p.name for p in shards.glob("latent-shard-*.tar")) == ["latent-shard-000000.tar", "latent-shard-000001.tar"]
     system = system_factory()
-    assert json.loads((shards / "latents.json").read_text())["encoder_fingerprint"] == encoder_fingerprint(
-        system, load_config(TINY).data)
+    assert json.loads((shards / "latents.json").read_text())["encoder_fingerprint"] == system.encoder_fingerprint(
+        load_config(TINY).data)
     raw = {k: b for b in make_loader(shards, 1, shuffle_buffer=1) for k in b["key"]}
     lat = {k: b for b in make_loader(shards, 1, shuffle_buffer=1, latents=True) for k in b["key"]}
     assert raw.keys() == lat.keys()
     key = sorted(raw)[0]
-    ref = to_latents(system, raw[key], load_config(TINY).data)
+    ref = system.encode(raw[key], load_config(TINY).data)
     torch.testing.assert_close(lat[key]["latent_a"], ref.x_a, rtol=1e-2, atol=1e-2)  # stored as float16
     torch.testing.assert_close(lat[key]["latent_v"], ref.x_v, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(lat[key]["text_v"], ref.text_v, rtol=1e-2, atol=1e-2)
@@ -61,14 +63,14 @@ def test_rerun_skips_and_stale_caches_are_refused(cached, tiny_bases, tmp_path):
     other = subprocess.run(cmd + ["--set", "data.fmax=7000"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert other.returncode == 2 and "latents of other encoders or settings" in other.stderr
     with pytest.raises(ValueError, match="stale latent cache"):
-        check_latent_cache(str(shards), "0" * 40)
+        resolve_shards(shards, latents=True).check_latent_cache("0" * 40)
 
 
 def test_training_from_cached_latents(cached, tiny_bases, tmp_path):
     shards, _, _ = cached
     out = tmp_path / "run"
     sets = tiny_overrides(tiny_bases) + [f"train.shards={shards}", "train.cached_latents=true", f"train.out_dir={out}",
-                                          "train.steps=2", "train.batch_size=2", "train.log_every=1", "sample.steps=2",
+                                          "train.steps=2", "train.batch_size=2", "train.log_every=1", "sample.steps=2", "train.check_frozen=true",
                                           "track.backend=none"]
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY),
                            *[a for s in sets for a in ("--set", s)]], cwd=ROOT, capture_output=True, text=True, timeout=600)

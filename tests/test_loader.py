@@ -5,7 +5,8 @@ import torch
 
 from data_prep.run import run
 from svgen.config import load_config
-from svgen.data.loader import ClipStream, ShardError, check_split, make_loader, shard_urls
+from svgen.data.loader import ClipStream, ShardError, check_split, make_loader
+from svgen.data.source import resolve_shards
 
 from .conftest import TINY
 from .media_fixtures import write_flash_click
@@ -23,8 +24,9 @@ def shards(tmp_path_factory):
     return root / "out"
 
 
+@pytest.mark.multiprocess
 def test_split_by_node_and_worker_is_a_partition(shards):
-    urls = shard_urls(shards)
+    urls = list(resolve_shards(shards).urls)
     assert len(urls) == 6
     parts = [ClipStream(urls, rank=r, world_size=2, seed=3).my_shards(w, 3) for r in range(2) for w in range(3)]
     flat = [u for p in parts for u in p]
@@ -35,6 +37,7 @@ def test_split_by_node_and_worker_is_a_partition(shards):
     assert a != ClipStream(urls, 0, 1, seed=3, epoch=1).my_shards(0, 1)
 
 
+@pytest.mark.multiprocess
 def test_each_clip_once_per_epoch_with_workers(shards):
     loader = make_loader(shards, batch_size=1, num_workers=2, shuffle_buffer=4)
     keys = [k for b in loader for k in b["key"]]
@@ -44,6 +47,7 @@ def test_each_clip_once_per_epoch_with_workers(shards):
     assert batch["wave"].shape == (2, 16000) and "mel" not in batch
 
 
+@pytest.mark.multiprocess
 def test_fewer_shards_than_readers_is_an_error_not_a_hang(shards):
     with pytest.raises(ShardError, match="6 shards cannot feed 4 ranks x 2"):
         make_loader(shards, batch_size=1, rank=0, world_size=4, num_workers=2)
@@ -52,4 +56,4 @@ def test_fewer_shards_than_readers_is_an_error_not_a_hang(shards):
 
 def test_missing_shards(tmp_path):
     with pytest.raises(ShardError, match="no shard-"):
-        shard_urls(tmp_path)
+        resolve_shards(tmp_path)

@@ -4,7 +4,7 @@ import torch
 
 from svgen.data.synthetic import make_clip
 from svgen.media.audio import LOG_FLOOR, LogMel, pad_frames
-from svgen.media.codec import decode_audio, decode_video, encode_audio, encode_video, latent_shapes
+from svgen.models.codec import decode_audio, decode_video, encode_audio, encode_video, latent_shapes
 from svgen.media.mp4 import probe, write_mp4
 
 

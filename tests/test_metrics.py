@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.stages import decode_audio_span
+from data_prep.audio import decode_audio_span
 from svgen.metrics.av_align import audio_onsets, av_align, motion_peaks
 from svgen.metrics.fad import FeatureWeightsError, VGGish, frechet_distance, load_vggish, vggish_embeddings
 

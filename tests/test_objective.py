@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from svgen.config import TrainConfig
-from svgen.diffusion.objective import LatentBatch, joint_loss
+from svgen.data.latents import LatentBatch
 
 
 class Spy(torch.nn.Module):
@@ -31,8 +31,8 @@ def _batch(system, b=4, seed=0):
 def _loss(system, cfg, batch, seed=0):
     spy = Spy(system.model)
     g = torch.Generator().manual_seed(seed)
-    loss, metrics = joint_loss(spy, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v, cfg, g)
-    return spy.calls, loss, metrics
+    loss, metrics = system.loss(batch, cfg, generator=g, model=spy)
+    return spy.calls, loss, {k: float(v) for k, v in metrics.items()}
 
 
 @pytest.fixture(scope="module")

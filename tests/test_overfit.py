@@ -5,7 +5,7 @@ over the frozen random bases."""
 import torch
 
 from svgen.config import TrainConfig, load_config
-from svgen.diffusion.objective import LatentBatch, joint_loss
+from svgen.data.latents import LatentBatch
 from svgen.train.engine import make_optimizer
 
 from .conftest import TINY
@@ -20,8 +20,7 @@ def test_tiny_model_overfits_one_batch(system_factory):
     opt = make_optimizer(system.model, load_config(TINY, ["train.lr=3e-3"]))
     losses = []
     for step in range(300):
-        loss, _ = joint_loss(system.model, system.sched_a, system.sched_v, batch, system.empty_a, system.empty_v,
-                             cfg, torch.Generator().manual_seed(1))  # same noise and t every step
+        loss, _ = system.loss(batch, cfg, generator=torch.Generator().manual_seed(1))  # same noise and t every step
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -16,6 +16,9 @@ BIN = Path(sys.executable).parent
 DASHBOARD = 8275  # outside Ray's default worker port range (10002-19999)
 
 
+pytestmark = pytest.mark.multiprocess  # Ray and subprocesses in every test
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     # Token auth on for both the head and the CLI (the CLI reads the token ray start saved).

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from svgen.config import SampleConfig, to_yaml
-from svgen.diffusion.sampler import Given, sample_latents
-from svgen.media.codec import decode_video, encode_video
+from svgen.system import Given
+from svgen.models.codec import decode_video, encode_video
 from svgen.media.mp4 import probe
 from svgen.models.weights import WeightsError, load_trained_weights
 from svgen.train.checkpoint import export_weights
@@ -32,8 +32,8 @@ def _sample(system, b, seeds, given_a=None, given_v=None):
     ta, tv = system.encode_text(["a click"] * b)
     na, nv = system.encode_text([CFG.negative_prompt])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    return sample_latents(system.model, system.sched_a, system.sched_v, ta, tv, na, nv,
-                          (b, 8, 32, 16), (b, 4, 8, 8, 8), CFG, gens, progress=False, given_a=given_a, given_v=given_v)
+    return system.sample(text=(ta, tv), negative=(na, nv), shapes=((b, 8, 32, 16), (b, 4, 8, 8, 8)), cfg=CFG,
+                         generator=gens, progress=False, given_a=given_a, given_v=given_v)
 
 
 def test_a_video_does_not_depend_on_its_batch(system):
@@ -76,6 +76,7 @@ def test_given_video_survives_the_vae_round_trip(system):
     assert torch.equal(decode_video(system.video, v), decode_video(system.video, zv))
 
 
+@pytest.mark.multiprocess
 def test_sample_cli_from_exported_weights(system, tiny_cfg, tmp_path, tiny_bases):
     cfg = tiny_cfg()
     weights = {n: p.detach().float() for n, p in system.model.named_parameters()}
@@ -90,7 +91,7 @@ def test_sample_cli_from_exported_weights(system, tiny_cfg, tmp_path, tiny_bases
     assert {s["type"] for s in probe(mp4s[0])["streams"]} == {"video", "audio"}
     # Weights from another model config are refused by name.
     other = tiny_cfg("model.cmcpe.depth=2")
-    from svgen.models.build import build_system
+    from svgen.system import build_system
 
     with pytest.raises(WeightsError, match="does not fit this model"):
         load_trained_weights(build_system(other).model, path)

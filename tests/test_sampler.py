@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from svgen.config import SampleConfig
-from svgen.diffusion.sampler import sample_latents
 from svgen.generate import generate
 
 
@@ -21,8 +20,8 @@ def _sample(system, cfg, seed):
     ta, tv = system.encode_text(["a red square flashes with a click"])
     na, nv = system.encode_text([cfg.negative_prompt])
     g = torch.Generator().manual_seed(seed)
-    return sample_latents(system.model, system.sched_a, system.sched_v, ta, tv, na, nv,
-                          (1, 8, 32, 16), (1, 4, 8, 8, 8), cfg, g, progress=False)
+    return system.sample(text=(ta, tv), negative=(na, nv), shapes=((1, 8, 32, 16), (1, 4, 8, 8, 8)), cfg=cfg,
+                         generator=g, progress=False)
 
 
 def test_deterministic_per_seed(system):
@@ -40,11 +39,7 @@ def test_guidance_and_gamma_change_the_result(system):
     a1, v1 = _sample(system, dataclasses.replace(base, gamma=1.5), 0)
     assert not torch.allclose(a0, a1) and not torch.allclose(v0, v1)
     a2, v2 = _sample(system, dataclasses.replace(base, guidance_audio=1.0, guidance_video=1.0), 0)
-    assert not torch.allclose(v0, v2)
-    # Guidance is per modality: changing only the audio scale leaves... nothing untouched, since
-    # the modalities are coupled; but audio must move more than video does.
-    a3, v3 = _sample(system, dataclasses.replace(base, guidance_audio=9.0), 0)
-    assert (a3 - a0).abs().mean() > (v3 - v0).abs().mean()
+    assert not torch.allclose(v0, v2)  # per-modality scales: test_guidance_scales_act_per_modality
 
 
 def test_guidance_scales_act_per_modality(system_factory):

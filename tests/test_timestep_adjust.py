@@ -5,8 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from svgen.config import NoiseSchedule
-from svgen.diffusion.sampler import final_alpha
-from svgen.diffusion.schedule import Schedule
+from svgen.diffusion.schedule import Schedule, final_alpha
 from svgen.diffusion.timestep_adjust import adjusted_grids, ddim_grid, ddim_step, transitions
 
 T = 1000
@@ -32,10 +31,12 @@ def test_gamma_one_reproduces_plain_ddim(prediction, schedule):
     grid_a, grid_v = adjusted_grids(50, 1.0, T)
     assert grid_a == grid_v == ref.timesteps.tolist()
     g = torch.Generator().manual_seed(0)
-    x_ref = x = torch.randn(2, 4, 8, 8, generator=g)
+    x = torch.randn(2, 4, 8, 8, generator=g)
     for t, t_prev in transitions(grid_a):
         out = torch.randn(x.shape, generator=g)  # any model output: the update rule is what's compared
-        x_ref = ref.step(out, t, x_ref).prev_sample
+        # Each step from the same input: float32 rounding then cannot accumulate over 50 steps
+        # (chained, it reached 1.7e-5 on some CPUs), and each step is held to 1e-5.
+        x_ref = ref.step(out, t, x).prev_sample
         x, _ = ddim_step(out, x, t, t_prev, ours.alphas_cumprod, final_alpha(ours), prediction)
         torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=1e-5)
 

@@ -48,7 +48,7 @@ def shards(tmp_path_factory):
 def _sets(tiny_bases, shards, out: Path, *extra: str) -> list[str]:
     sets = tiny_overrides(tiny_bases) + [
         f"train.shards={shards}", f"train.out_dir={out}", "train.steps=4", "train.batch_size=1", "train.log_every=1",
-        "train.save_every=100", "train.ema_decay=0.9", "sample.steps=2", "data.size=64",
+        "train.save_every=100", "train.ema_decay=0.9", "sample.steps=2", "data.size=64", "train.check_frozen=true",
         f"track.tracking_uri=sqlite:///{out.parent}/mlflow.db", *extra]
     args = []
     for s in sets:
@@ -66,6 +66,7 @@ def _result(out: Path) -> dict:
     return json.loads((out / "train_result.json").read_text())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stage,precision", [(2, "bf16"), (3, "fp32")])
 def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision):
     out = tmp_path / f"zero{stage}"
@@ -83,6 +84,7 @@ def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision):
     assert any(v.abs().sum() > 0 for v in blocks)  # the zero-initialised outputs moved
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
     """Two launcher invocations as node ranks 0 and 1 (what slurm/train.sbatch does per node)."""
     out = tmp_path / "multinode"
@@ -100,6 +102,7 @@ def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
     assert r["world_size"] == 2 and r["step"] == 2 and r["frozen_before"] == r["frozen_after"]
 
 
+@pytest.mark.multiprocess
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards):
     ref = tmp_path / "ref"
     base = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY)]
@@ -145,7 +148,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
                 "val/av_align"):
         assert key in run.data.metrics, key
     steps = [m.step for m in client.get_metric_history(second["run_id"], "loss")]
-    assert sorted(steps) == [1, 2, 3, 4, 5] or sorted(set(steps)) == [1, 2, 3, 4, 5]
+    assert sorted(steps) == [1, 2, 3, 4, 5]  # each step logged once: the resumed run starts after the checkpoint
     assert run.data.params["train.zero_stage"] == "2" and run.data.tags["git_commit"]
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert arts and arts[0].endswith(".mp4")

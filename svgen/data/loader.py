@@ -4,36 +4,17 @@ worker; fail loudly (instead of hanging) when there are fewer shards than ranks 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import webdataset as wds
 
-from svgen.shards import LATENT_PREFIX, decode_sample
+from svgen.data.source import ShardError, ShardSource, resolve_shards
+from svgen.shards import decode_sample
 
-
-class ShardError(ValueError):
-    """The shard set cannot feed this job as configured; the message says how to fix it."""
-
-
-def shard_urls(source: str | Path, latents: bool = False) -> list[str]:
-    """A folder of shard-*.tar (as data_prep writes it; latent-shard-*.tar with ``latents``), one
-    .tar, or a list file of paths."""
-    src = Path(source)
-    if src.is_dir():
-        pattern = f"{LATENT_PREFIX}shard-*.tar" if latents else "shard-*.tar"
-        urls = sorted(str(p) for p in src.glob(pattern))
-    elif src.suffix == ".tar" and src.is_file():
-        urls = [str(src)]
-    elif src.is_file():
-        urls = [l.strip() for l in src.read_text().splitlines() if l.strip()]
-    else:
-        raise ShardError(f"no shards at '{src}': give the data_prep output folder, a .tar or a list file")
-    if not urls:
-        hint = "launch/cache_latents.py" if latents else "python -m data_prep"
-        raise ShardError(f"'{src}' holds no {'latent-' if latents else ''}shard-*.tar files; run `{hint}` first")
-    return urls
+__all__ = ["ClipStream", "DataPosition", "ShardError", "check_split", "collate", "endless", "make_loader"]
 
 
 def check_split(num_shards: int, world_size: int, num_workers: int) -> None:
@@ -94,26 +75,42 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def make_loader(source: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                seed: int = 0, shuffle_buffer: int = 64, latents: bool = False) -> torch.utils.data.DataLoader:
-    urls = shard_urls(source, latents)
+def make_loader(source: ShardSource | str | Path, batch_size: int, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 64, latents: bool = False
+                ) -> torch.utils.data.DataLoader:
+    """Batches of this rank's share of ``source`` (a resolved source, or a path resolved with
+    ``latents``)."""
+    urls = list((source if isinstance(source, ShardSource) else resolve_shards(source, latents)).urls)
     check_split(len(urls), world_size, num_workers)  # in the main process: an error, not a hang
     ds = ClipStream(urls, rank, world_size, seed, shuffle_buffer)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                                        drop_last=True, persistent_workers=False)
 
 
-def repeat(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
-    """Endless batches, a new shuffle each epoch."""
-    epoch = 0
+@dataclass
+class DataPosition:
+    """Where a run stands in its data: the epoch (it seeds the shuffle) and the batches of that
+    epoch already trained on. Part of the resumable state (svgen.train.checkpoint)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+def endless(loader: torch.utils.data.DataLoader, position: DataPosition) -> Iterator[dict]:
+    """Endless batches, a new shuffle each epoch, keeping ``position`` current. Started from a
+    resumed position, it skips what the interrupted run already trained on (same seed and epoch
+    give the same shuffle)."""
+    epoch, skip = position.epoch, position.batches
     while True:
         loader.dataset.set_epoch(epoch)
-        yielded = False
-        for batch in loader:
-            yielded = True
+        n = 0
+        for i, batch in enumerate(loader):
+            n += 1
+            if i < skip:
+                continue
+            position.epoch, position.batches = epoch, i + 1
             yield batch
-        if not yielded:
-            raise ShardError("the shards yielded no full batch; lower train.batch_size or add data")
-        epoch += 1
-
-
+        if n == 0:
+            raise ShardError("the shards yielded no full batch: lower train.batch_size or add data")
+        epoch, skip = epoch + 1, 0
+        position.epoch, position.batches = epoch, 0

@@ -62,3 +62,8 @@ class Schedule:
             return out.float()
         sa, s1a = self._coeffs(t, x_t)
         return sa * out.float() + s1a * x_t.float()
+
+
+def final_alpha(sched: Schedule) -> float:
+    """alpha_bar after the last step; SD and AudioLDM use set_alpha_to_one=False."""
+    return sched.alphas_cumprod[0].item()

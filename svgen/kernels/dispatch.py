@@ -13,19 +13,22 @@ _compiled = None
 _logged: set[str] = set()
 
 
+def triton_importable() -> bool:
+    """Whether the Triton kernel module loads (the optional ``triton`` extra is installed)."""
+    try:
+        import svgen.kernels.triton_cmcpe  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_kernel(requested: str, device: torch.device) -> str:
     """'auto' -> 'triton' on CUDA when Triton is importable, else 'reference'."""
     if requested not in ("auto", "reference", "compile", "triton"):
         raise ValueError(f"unknown kernel {requested!r}; use auto, reference, compile or triton")
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        try:
-            import svgen.kernels.triton_cmcpe  # noqa: F401
-            return "triton"
-        except ImportError:
-            return "reference"
-    return "reference"
+    return "triton" if device.type == "cuda" and triton_importable() else "reference"
 
 
 def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

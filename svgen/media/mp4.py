@@ -5,13 +5,14 @@ PyAV bundles FFmpeg, so no ffmpeg binary is needed.
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
+
+from svgen.fileio import atomic_path
 
 
 def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int,
@@ -27,30 +28,28 @@ def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int,
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:  # yuv420p needs even sizes
         frames = frames[:, : h - h % 2, : w - w % 2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height = frames.shape[2], frames.shape[1]
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": "18", "preset": "veryfast"}
-        as_ = out.add_stream("aac", rate=sample_rate)
-        as_.layout = "mono"
-        as_.bit_rate = 128000
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode())
-        samples = np.clip(wave, -1.0, 1.0)[None]
-        chunk = 1024
-        for start in range(0, samples.shape[1], chunk):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
-                                            format="fltp", layout="mono")
-            af.sample_rate, af.pts, af.time_base = sample_rate, start, Fraction(1, sample_rate)
-            out.mux(as_.encode(af))
-        out.mux(as_.encode())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height = frames.shape[2], frames.shape[1]
+            vs.pix_fmt = "yuv420p"
+            vs.options = {"crf": "18", "preset": "veryfast"}
+            as_ = out.add_stream("aac", rate=sample_rate)
+            as_.layout = "mono"
+            as_.bit_rate = 128000
+            for i, img in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(vs.encode(frame))
+            out.mux(vs.encode())
+            samples = np.clip(wave, -1.0, 1.0)[None]
+            chunk = 1024
+            for start in range(0, samples.shape[1], chunk):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
+                                                format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sample_rate, start, Fraction(1, sample_rate)
+                out.mux(as_.encode(af))
+            out.mux(as_.encode())
     return path
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from svgen.shards import log_mel
+from svgen.media.audio import log_mel
 
 
 def onset_strength(wave: np.ndarray, sample_rate: int, hop: int = 160) -> tuple[np.ndarray, float]:

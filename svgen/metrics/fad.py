@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from svgen.metrics.weights import FeatureWeightsError, load_state, read_state, width_of
-from svgen.shards import log_mel
+from svgen.media.audio import log_mel
 
 __all__ = ["FeatureWeightsError", "VGGish", "frechet_distance", "kernel_distance", "load_vggish", "vggish_embeddings"]
 

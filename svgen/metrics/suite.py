@@ -57,11 +57,11 @@ def iter_clips(source: str | Path, limit: int = 0) -> Iterator[Clip]:
     import torchaudio
     import webdataset as wds
 
-    from svgen.data.loader import ShardError, shard_urls
+    from svgen.data.source import ShardError, resolve_shards
     from svgen.shards import decode_sample
 
     try:
-        urls = shard_urls(src)
+        urls = list(resolve_shards(src).urls)
     except ShardError as e:
         raise ClipSourceError(f"'{src}' is neither a folder of .mp4 files nor data_prep shards ({e})") from None
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):

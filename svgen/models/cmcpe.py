@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
+from einops import rearrange
 
 from svgen.kernels import norm_add_embedding
 
@@ -42,11 +43,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
-        b, n, c = x.shape
-        q, k, v = (t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
                    for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx)))
         y = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(y.transpose(1, 2).reshape(b, n, c))
+        return self.to_out(rearrange(y, "b h n d -> b n (h d)"))
 
 
 class _Layer(nn.Module):

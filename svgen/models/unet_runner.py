@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import UNet2DConditionModel, UNetMotionModel
 
 
 @dataclass
@@ -225,11 +224,3 @@ def _same_strides(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if like.is_contiguous() and y.stride() != like.stride():
         return y.as_strided(like.shape, like.stride())
     return y
-
-
-def runner_for(unet: torch.nn.Module) -> UNetRunner:
-    if isinstance(unet, UNetMotionModel):
-        return VideoUNetRunner(unet)
-    if isinstance(unet, UNet2DConditionModel):
-        return AudioUNetRunner(unet)
-    raise TypeError(f"no block runner for {type(unet).__name__}")

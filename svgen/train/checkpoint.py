@@ -1,8 +1,8 @@
 """All resumable state in one place (STYLE.md, convention 6).
 
 A checkpoint ``ckpt/step_NNNNNNN/`` holds the DeepSpeed engine state (trained weights,
-optimizer, LR schedule; sharded per ZeRO rank), ``trainer.pt`` (step, EMA, data position,
-tracker run id) and ``rng_rankR.pt`` per rank. It is written under a temporary name and renamed
+optimizer, LR schedule; sharded per ZeRO rank), ``trainer.pt`` (a :class:`TrainerState`: step,
+data position, EMA, tracker run id) and ``rng_rankR.pt`` per rank. It is written under a temporary name and renamed
 when every rank has finished; the ``latest`` pointer moves last, then checkpoints beyond
 ``keep_last`` are deleted. Loading maps to CPU. ``export`` writes only the trained weights
 (EMA and raw) as safetensors for sampling.
@@ -13,13 +13,38 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from svgen.data.loader import DataPosition
 from svgen.distributed import barrier
+from svgen.fileio import atomic_path, write_text
+
+
+@dataclass
+class TrainerState:
+    """The resumable state outside the DeepSpeed engine and the RNGs."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    data: DataPosition = field(default_factory=DataPosition)
+    """Where the run stands in its data."""
+    run_id: str | None = None
+    """The tracker run that a resumed run continues."""
+    ema: dict | None = None
+    """EMA state_dict, when the run keeps an EMA."""
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "data": {"epoch": self.data.epoch, "batches": self.data.batches},
+                "run_id": self.run_id, "ema": self.ema}
+
+    @staticmethod
+    def from_dict(d: dict) -> "TrainerState":
+        return TrainerState(int(d["step"]), DataPosition(**d["data"]), d.get("run_id"), d.get("ema"))
 
 
 def _rng_state(generator: torch.Generator | None) -> dict:
@@ -53,8 +78,8 @@ class Checkpointer:
         path = self.root / pointer.read_text().strip()
         return path if path.is_dir() else None
 
-    def save(self, engine, step: int, trainer_state: dict, generator: torch.Generator | None) -> Path:
-        tag = f"step_{step:07d}"
+    def save(self, engine, state: TrainerState, generator: torch.Generator | None) -> Path:
+        tag = f"step_{state.step:07d}"
         tmp_tag = f".tmp_{tag}"
         final, tmp = self.root / tag, self.root / tmp_tag
         if self.rank == 0:
@@ -64,21 +89,21 @@ class Checkpointer:
         engine.save_checkpoint(str(self.root), tag=tmp_tag, save_latest=False)
         torch.save(_rng_state(generator), tmp / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
-            torch.save({**trainer_state, "step": step}, tmp / "trainer.pt")
+            torch.save(state.to_dict(), tmp / "trainer.pt")
         barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            pointer_tmp = self.root / ".latest.tmp"
-            pointer_tmp.write_text(tag)
-            os.replace(pointer_tmp, self.root / "latest")  # the pointer moves last
+            write_text(self.root / "latest", tag)  # the pointer moves last
             done = sorted(p for p in self.root.glob("step_*") if p.is_dir())
             for old in done[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return final
 
-    def load(self, engine, generator: torch.Generator | None, path: Path | None = None) -> dict | None:
+    def load(self, engine, generator: torch.Generator | None, path: Path | None = None) -> TrainerState | None:
+        """Restore the engine and this rank's RNGs from ``path`` (default: the latest checkpoint);
+        None when there is none."""
         path = path or self.latest()
         if path is None:
             return None
@@ -87,14 +112,11 @@ class Checkpointer:
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.is_file():
             _set_rng_state(torch.load(rng, map_location="cpu", weights_only=False), generator)
-        return state
+        return TrainerState.from_dict(state)
 
 
 def export_weights(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Trained weights alone as safetensors (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata or {})
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata or {})
+    return Path(path)

@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from svgen.config import SampleConfig
-from svgen.diffusion.schedule import Schedule
+from svgen.diffusion.schedule import Schedule, final_alpha
 from svgen.diffusion.timestep_adjust import adjusted_grids, ddim_step, transitions
 from svgen.models.joint import JointInputs
 
-
-def final_alpha(sched: Schedule) -> float:
-    """alpha_bar after the last step; SD and AudioLDM use set_alpha_to_one=False."""
-    return sched.alphas_cumprod[0].item()
+if TYPE_CHECKING:
+    from svgen.system import JointSystem
 
 
 @dataclass
@@ -62,17 +61,19 @@ def _impose(z: torch.Tensor, given: Given | None, sched: Schedule, t: int, eps: 
 
 
 @torch.no_grad()
-def sample_latents(model, sched_a: Schedule, sched_v: Schedule, text_a: torch.Tensor, text_v: torch.Tensor,
-                   neg_a: torch.Tensor, neg_v: torch.Tensor, shape_a: tuple, shape_v: tuple,
-                   cfg: SampleConfig, generator: torch.Generator | None = None,
-                   progress: bool = True, given_a: Given | None = None, given_v: Given | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate (audio latents, video latents) for a batch of prompts.
+def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Tensor],
+                   negative: tuple[torch.Tensor, torch.Tensor], shapes: tuple[tuple, tuple], cfg: SampleConfig,
+                   generator=None, progress: bool = True, given_a: Given | None = None,
+                   given_v: Given | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate (audio latents, video latents) of ``shapes`` for a batch of prompts.
 
-    text_a (B, D) / text_v (B, L, D) are the prompt embeddings; neg_a / neg_v the negative
+    ``text`` = (audio (B, D), video (B, L, D)) prompt embeddings; ``negative`` the negative
     prompt's, used as the unconditional branch. Each modality steps on its own warped grid.
+    ``generator``: one, or one per batch item (each item then independent of the batch).
     ``given_a`` / ``given_v`` hold (part of) a modality fixed: conditional generation.
     """
+    model, sched_a, sched_v = system.model, system.sched_a, system.sched_v
+    (text_a, text_v), (neg_a, neg_v), (shape_a, shape_v) = text, negative, shapes
     dev = text_a.device
     z_a, z_v = _randn(shape_a, generator, dev), _randn(shape_v, generator, dev)
     # One fixed noise per given modality: its re-noised versions lie on one forward trajectory.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from svgen.config import DataConfig
 from svgen.media.audio import LogMel, pad_frames
@@ -41,23 +42,23 @@ def encode_audio(audio: AudioBase, wave: torch.Tensor, data: DataConfig) -> torc
 @torch.no_grad()
 def encode_video(video: VideoBase, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """(B, F, H, W, 3) uint8 frames -> (B, Cv, F, H/8, W/8) scaled latents, frame by frame."""
-    b, f = frames.shape[:2]
-    x = frames.reshape(b * f, *frames.shape[2:]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    b = frames.shape[0]
+    x = rearrange(frames, "b f h w c -> (b f) c h w").float() / 127.5 - 1.0
     vae = video.vae
     lat = torch.cat([vae.encode(c.to(vae.dtype)).latent_dist.mode() for c in x.split(chunk)])
     lat = lat * _scaling(vae)
-    return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+    return rearrange(lat, "(b f) c h w -> b c f h w", b=b)
 
 
 @torch.no_grad()
 def decode_video(video: VideoBase, z: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """(B, Cv, F, h, w) latents -> (B, F, H, W, 3) uint8 frames."""
-    b, c, f = z.shape[:3]
-    x = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, *z.shape[3:]) / _scaling(video.vae)
+    b = z.shape[0]
+    x = rearrange(z, "b c f h w -> (b f) c h w") / _scaling(video.vae)
     vae = video.vae
     img = torch.cat([vae.decode(part.to(vae.dtype)).sample.float() for part in x.split(chunk)])
     img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return img.reshape(b, f, *img.shape[1:]).permute(0, 1, 3, 4, 2)
+    return rearrange(img, "(b f) c h w -> b f h w c", b=b)
 
 
 @torch.no_grad()

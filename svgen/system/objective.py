@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from svgen.config import TrainConfig
-from svgen.diffusion.schedule import Schedule
+from svgen.data.latents import LatentBatch
 from svgen.models.joint import JointInputs
 
-
-@dataclass
-class LatentBatch:
-    """Clean latents and text conditioning for one step."""
-
-    x_a: torch.Tensor
-    """(B, Ca, T, F) audio VAE latents (scaled)."""
-    x_v: torch.Tensor
-    """(B, Cv, F, H, W) video VAE latents (scaled)."""
-    text_a: torch.Tensor
-    """(B, D) CLAP text embeddings."""
-    text_v: torch.Tensor
-    """(B, L, D) CLIP text hidden states."""
-
-    def to(self, device: torch.device) -> "LatentBatch":
-        return LatentBatch(*(t.to(device) for t in (self.x_a, self.x_v, self.text_a, self.text_v)))
+if TYPE_CHECKING:
+    from svgen.system import JointSystem
 
 
 def _bernoulli(p: float, n: int, device, generator) -> torch.Tensor:
@@ -37,16 +23,18 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
-def joint_loss(model, sched_a: Schedule, sched_v: Schedule, batch: LatentBatch,
-               empty_a: torch.Tensor, empty_v: torch.Tensor, cfg: TrainConfig,
-               generator: torch.Generator | None = None, skip_unused_pass: bool = True
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and per-modality metrics for one batch.
+def joint_loss(system: "JointSystem", batch: LatentBatch, cfg: TrainConfig, *,
+               generator: torch.Generator | None = None, model: torch.nn.Module | None = None,
+               skip_unused_pass: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and per-modality parts (detached) for one batch.
 
-    ``empty_a`` (D,) and ``empty_v`` (L, D) are the empty-prompt embeddings used for caption dropout.
+    ``model`` runs the forward (default ``system.model``; the training loop passes the DeepSpeed
+    engine). The system's empty-prompt embeddings replace dropped captions.
     ``skip_unused_pass``: skip the x0_hat pass when every estimate would be zeroed. Callers whose
     forward is collective (ZeRO-3 gathers weights in it) pass False, since ranks draw different masks.
     """
+    model = system.model if model is None else model
+    sched_a, sched_v, empty_a, empty_v = system.sched_a, system.sched_v, system.empty_a, system.empty_v
     x_a, x_v = batch.x_a, batch.x_v
     b, dev = x_a.shape[0], x_a.device
     T = sched_a.num_train_timesteps
@@ -76,4 +64,4 @@ def joint_loss(model, sched_a: Schedule, sched_v: Schedule, batch: LatentBatch,
     loss_a = F.mse_loss(out_a.float(), sched_a.target(x_a, eps_a, t).float())
     loss_v = F.mse_loss(out_v.float(), sched_v.target(x_v, eps_v, t).float())
     loss = cfg.audio_loss_weight * loss_a + cfg.video_loss_weight * loss_v
-    return loss, {"loss": loss.item(), "loss_audio": loss_a.item(), "loss_video": loss_v.item()}
+    return loss, {"loss": loss.detach(), "loss_audio": loss_a.detach(), "loss_video": loss_v.detach()}

@@ -1,0 +1,108 @@
+"""Decode stage: every window of one input as a clip (frames + waveform + metadata) or an error
+record. Audio is cut from its own timeline and video frames are picked by pts, each stream's
+start offset honoured.
+
+    decode_clips(probe, windows, data, prep) -> iterator of (Clip, None) | (None, ErrorRecord)
+    decode_first_clip(path, data, prep)      -> Clip (raises DecodeError): the whole path for one clip
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import av
+import numpy as np
+
+from data_prep.audio import decode_audio_span
+from data_prep.probe import Probe, probe
+from data_prep.records import ErrorRecord
+from data_prep.video import decord_reader, pick_frames, prepare_frames, pyav_frames
+from data_prep.windows import Window, plan_windows
+from svgen.config import DataConfig, PrepConfig
+
+
+class DecodeError(ValueError):
+    """An input yields no clip; the message names the input, the stage and why."""
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray            # uint8 (F, H, W, 3)
+    wave: np.ndarray              # float32 (N,)
+    meta: dict = field(default_factory=dict)
+
+
+def _window_errors(p: Probe, windows: list[Window], stage: str, why: object) -> Iterator[tuple[None, ErrorRecord]]:
+    """One error record per window, for a failure that costs every window of the input."""
+    for w in windows:
+        yield None, ErrorRecord(p.path, stage, f"window {w.index} at {w.start:.3f}s: {why}")
+
+
+def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepConfig
+                 ) -> Iterator[tuple[Clip | None, ErrorRecord | None]]:
+    """Every window of one input as (clip, None) or (None, error). The audio of the whole span is
+    decoded once; video frames are picked by pts (decord per window, or one PyAV pass)."""
+    if not windows:
+        return
+    span0, span1 = windows[0].start, windows[-1].end
+    wave_all = None
+    if p.has_audio:
+        try:
+            wave_all = decode_audio_span(p.path, span0, span1, data.sample_rate)
+        except (av.error.FFmpegError, ValueError, RuntimeError) as e:
+            yield from _window_errors(p, windows, "decode_audio", e)
+            return
+    offsets = np.arange(data.num_frames) / data.fps
+    reader = decord_reader(p.path) if prep.video_backend in ("auto", "decord") else None
+    if reader is None and prep.video_backend == "decord":
+        yield from _window_errors(p, windows, "decode_video", "decord could not read valid frame timestamps")
+        return
+    backend = "decord" if reader is not None else "pyav"
+    decoded = None
+    if reader is None:
+        # Overlapping windows (stride < length) share frames: decode each target time once.
+        targets, inverse = np.unique(np.concatenate([w.start + offsets for w in windows]), return_inverse=True)
+        try:
+            frames_u, picked_u = pyav_frames(p.path, targets, p.rotation, data.size)
+            decoded = (frames_u[inverse], picked_u[inverse])
+        except (av.error.FFmpegError, ValueError, RuntimeError) as e:
+            yield from _window_errors(p, windows, "decode_video", e)
+            return
+    for i, w in enumerate(windows):
+        try:
+            if reader is not None:
+                vr, times = reader
+                idx = pick_frames(times, w.start + offsets)
+                frames = prepare_frames(vr.get_batch(list(idx)).asnumpy(), p.rotation, data.size)
+                picked = times[idx]
+            else:
+                sl = slice(i * data.num_frames, (i + 1) * data.num_frames)
+                frames, picked = decoded[0][sl], decoded[1][sl]
+        except Exception as e:  # noqa: BLE001 - decord raises its own error types mid-file
+            yield next(_window_errors(p, [w], "decode_video", e))
+            continue
+        if wave_all is not None:
+            a0 = int(round((w.start - span0) * data.sample_rate))
+            wave = wave_all[a0:a0 + data.num_samples]
+            wave = np.pad(wave, (0, data.num_samples - len(wave)))
+        else:
+            wave = np.zeros(data.num_samples, np.float32)
+        meta = {"source": p.path, "window": w.index, "start": round(w.start, 6), "end": round(w.end, 6),
+                "fps": data.fps, "sample_rate": data.sample_rate, "av_offset": round(p.av_offset, 6),
+                "frame_pts": [round(float(t), 6) for t in picked], "video_backend": backend,
+                "silent": not p.has_audio}
+        yield Clip(frames, wave, meta), None
+
+
+def decode_first_clip(path: str, data: DataConfig, prep: PrepConfig) -> Clip:
+    """The first window of ``path``, decoded exactly as data prep decodes it."""
+    p, err = probe(path)
+    windows: list[Window] = []
+    if err is None:
+        windows, err = plan_windows(p, data, prep)
+    if err is None:
+        clip, err = next(decode_clips(p, windows[:1], data, prep))
+    if err is not None:
+        raise DecodeError(f"'{path}': {err.stage}: {err.message}")
+    return clip

@@ -1,0 +1,83 @@
+"""Video frames of one input at target times: picked by presentation timestamp (the frame on
+screen at each time, so variable frame rates stay in sync), rotated upright, resized and
+centre-cropped. Two decoders: decord (random access per window) and PyAV (one pass)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _resize_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (F, size, size, 3): resize the short side to size, centre-crop."""
+    f, h, w, _ = frames.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[:, :, top:top + size, left:left + size]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def prepare_frames(frames: np.ndarray, rotation: int, size: int) -> np.ndarray:
+    if rotation % 360:
+        frames = np.ascontiguousarray(np.rot90(frames, k=(rotation // 90) % 4, axes=(1, 2)))
+    return _resize_crop(torch.from_numpy(frames), size).numpy()
+
+
+def pick_frames(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the frame on screen at each target time (last frame with pts <= t; first if none)."""
+    idx = np.searchsorted(times, targets + 1e-6, side="right") - 1
+    return np.clip(idx, 0, len(times) - 1)
+
+
+def decord_reader(path: str):
+    """A decord reader and its frame times, or None when decord mis-times the file (AVI without
+    pts, some ogg): the caller then falls back to PyAV."""
+    import decord
+
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        times = vr.get_frame_timestamp(range(len(vr)))[:, 0].astype(np.float64)
+    except Exception:  # noqa: BLE001 - decord raises bare DECORDError / RuntimeError on bad metadata
+        return None
+    if len(times) == 0 or not np.all(np.isfinite(times)) or times.min() < -1.0 or np.any(np.diff(times) < 0):
+        return None
+    return vr, times
+
+
+def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One PyAV pass (tolerating broken packets) keeping, resized, the frames on screen at the
+    sorted target times; memory stays bounded by the number of targets."""
+    out = np.zeros((len(targets), size, size, 3), np.uint8)
+    picked = np.full(len(targets), np.nan)
+    prev = None  # (time, frame) of the last decoded frame
+    k = 0
+    with av.open(path) as c:
+        for pkt in c.demux(c.streams.video[0]):
+            try:
+                decoded = pkt.decode()
+            except av.error.FFmpegError:
+                continue
+            for fr in decoded:
+                t = fr.time if fr.time is not None else ((prev[0] + 1e-3) if prev else 0.0)
+                # Every target before this frame's time shows the previous frame (or this one
+                # when nothing came before: the first frame stands in for earlier times).
+                while k < len(targets) and targets[k] + 1e-6 < t:
+                    src_t, src = prev if prev is not None else (t, fr)
+                    out[k] = prepare_frames(src.to_ndarray(format="rgb24")[None], rotation, size)[0]
+                    picked[k] = src_t
+                    k += 1
+                prev = (t, fr)
+            if k == len(targets):
+                break
+    while k < len(targets) and prev is not None:
+        out[k] = prepare_frames(prev[1].to_ndarray(format="rgb24")[None], rotation, size)[0]
+        picked[k] = prev[0]
+        k += 1
+    if prev is None:
+        raise ValueError("no decodable video frame")
+    return out, picked

@@ -1,0 +1,41 @@
+"""What a run was made from, recorded on its tracker run: the code (git commit), the data (the
+shard list and data_prep's manifest, by digest) and the config; and, on request, a digest of the
+frozen base weights to prove training never changed them."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from svgen.config import Config, flatten, to_dict
+from svgen.data.source import ShardSource
+from svgen.distributed import DistInfo
+from svgen.fileio import write_text
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def frozen_digest(model) -> str:
+    """SHA-1 over the names and values of every frozen base weight."""
+    h = hashlib.sha1()
+    for name, p in sorted(model.frozen_parameters().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def record_start(tracker, cfg: Config, source: ShardSource, info: DistInfo, out_dir: Path) -> None:
+    """Params, provenance tags and the shard list / config artifacts of a new run."""
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.set_tags({"git_commit": git_commit(), "world_size": str(info.world_size),
+                      "shards_sha1": source.urls_digest(), "dataset_manifest_sha1": source.manifest_digest()})
+    if info.is_main:
+        tracker.log_artifact(write_text(out_dir / "shards.txt", "\n".join(source.urls) + "\n"))
+        tracker.log_artifact(out_dir / "config.yaml")
