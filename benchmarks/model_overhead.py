@@ -69,11 +69,11 @@ def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[st
     sets = [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
             f"model.video.motion_adapter_path={bases['motion_adapter']}", "train.batch_size=1"] + overrides + extra
     # Always run the x0_hat pass (x0_zero_prob 0) so both sides do two forwards.
-    cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.x0_zero_prob=0.0"])
+    cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.loss.x0_zero_prob=0.0"])
     print(f"{name}: base dtype {cfg.model.base_dtype}, {cfg.data.seconds:g} s x {cfg.data.fps} fps x "
           f"{cfg.data.size} px, device {dev}")
     for kernel in kernels:
-        cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.x0_zero_prob=0.0", f"model.cmcpe.kernel={kernel}"])
+        cfg = load_config(ROOT / "configs" / cfg_file, sets + ["train.loss.x0_zero_prob=0.0", f"model.cmcpe.kernel={kernel}"])
         system = build_system(cfg).to(dev)
         dtype = DTYPES[cfg.model.base_dtype]
         # As DeepSpeed's bf16 mode does: the trained modules compute in the bases' dtype.
@@ -83,10 +83,10 @@ def run(name: str, repeats: int, root: Path, dev: torch.device, kernels: list[st
         text_a, text_v = system.encode_text(["x"])
         batch = LatentBatch(torch.randn(shape_a, generator=g, device=dev), torch.randn(shape_v, generator=g, device=dev),
                             text_a, text_v)
-        opt = make_optimizer(system.model, cfg)
+        opt = make_optimizer(system.model, cfg.train.optim)
 
         def joint_step():
-            loss, _ = system.loss(batch, cfg.train, generator=g)
+            loss, _ = system.loss(batch, cfg.train.loss, generator=g)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -43,7 +43,7 @@ WARMUP = 3
 
 def framework(sets: list[str], nproc: int, steps: int) -> float:
     args = []
-    for s in sets + [f"train.steps={steps}", "train.log_every=1", "train.save_every=100000", "track.backend=none"]:
+    for s in sets + [f"train.steps={steps}", "train.log_every=1", "train.ckpt.save_every=100000", "track.backend=none"]:
         args += ["--set", s]
     launcher = [sys.executable] if nproc == 1 else [str(Path(sys.executable).parent / "torchrun"), "--standalone",
                                                     "--nproc_per_node", str(nproc)]
@@ -58,18 +58,18 @@ def framework(sets: list[str], nproc: int, steps: int) -> float:
 def bare(cfg, steps: int) -> float:
     torch.manual_seed(0)
     system = build_system(cfg)
-    opt = make_optimizer(system.model, cfg)
-    it = endless(make_loader(cfg.train.shards, cfg.train.batch_size, seed=cfg.train.seed), DataPosition())
+    opt = make_optimizer(system.model, cfg.train.optim)
+    it = endless(make_loader(cfg.train.source.shards, cfg.train.batch_size, seed=cfg.train.seed), DataPosition())
     gen = torch.Generator().manual_seed(0)
     system.model.train()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         batch = system.encode(next(it), cfg.data)
-        loss, _ = system.loss(batch, cfg.train, generator=gen)
+        loss, _ = system.loss(batch, cfg.train.loss, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(system.model.trainable_parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(system.model.trainable_parameters(), cfg.train.optim.grad_clip)
         opt.step()
         times.append(time.perf_counter() - t0)
     return cfg.train.batch_size / statistics.median(times[WARMUP:])
@@ -89,8 +89,8 @@ def main() -> None:
         for i in range(8):
             write_flash_click(src / f"v{i}.mp4", [0.3, 1.1], duration=2.1)
         sets = [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
-                f"model.video.motion_adapter_path={bases['motion_adapter']}", f"train.shards={tmp / 'shards'}",
-                f"train.out_dir={tmp / 'run'}", "train.batch_size=2", "train.precision=fp32", "train.zero_stage=2"]
+                f"model.video.motion_adapter_path={bases['motion_adapter']}", f"train.source.shards={tmp / 'shards'}",
+                f"train.out_dir={tmp / 'run'}", "train.batch_size=2", "train.parallel.precision=fp32", "train.parallel.zero_stage=2"]
         cfg = load_config(TINY, sets + ["prep.inputs_per_shard=2"])
         run_prep(str(src), str(tmp / "shards"), cfg, progress=False)
         import ray

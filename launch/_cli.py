@@ -22,7 +22,7 @@ def add_config_args(ap: argparse.ArgumentParser, required: bool = True, default:
     ap.add_argument("--config", required=required and not from_weights and default is None, default=default,
                     help=help_)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="dotted config override, repeatable (e.g. --set train.lr=1e-4)")
+                    help="dotted config override, repeatable (e.g. --set train.optim.lr=1e-4)")
 
 
 def config_from(args: argparse.Namespace, extra: list[str] | None = None,

@@ -7,7 +7,7 @@ instead of re-encoding every clip on every step.
 For each shard-N.tar it writes latent-shard-N.tar beside it (atomically; finished ones are
 skipped on re-run), using a pool of Ray actors that each load the encoders once (one GPU each
 when there are GPUs). ``latents.json`` records the encoders' fingerprint: training with
-train.cached_latents=true refuses a cache whose fingerprint differs from its own encoders'.
+train.source.cached_latents=true refuses a cache whose fingerprint differs from its own encoders'.
 """
 
 from __future__ import annotations

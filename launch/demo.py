@@ -55,7 +55,7 @@ def main() -> None:
     t0 = time.time()
     out = Path(args.out).resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
-    cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.shards={out}/shards",
+    cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.source.shards={out}/shards",
                                     f"track.tracking_uri={uri}", "track.run_name=demo",
                                     "train.check_frozen=true"] + args.set)  # tiny bases: the proof is cheap
     out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,8 @@ def main() -> None:
 
     manifest = write_synthetic_videos(out / "raw", cfg, args.clips)
     print(f"[demo] {args.clips} synthetic sounding videos in {manifest.parent}")
-    summary = run_prep(str(manifest), cfg.train.shards, cfg, overwrite=True)
-    print(report(summary, cfg.train.shards))
+    summary = run_prep(str(manifest), cfg.train.source.shards, cfg, overwrite=True)
+    print(report(summary, cfg.train.source.shards))
 
     from svgen.train.loop import train  # imports DeepSpeed: after data prep, which does not need it
 
@@ -78,7 +78,7 @@ def main() -> None:
     write_json(out / "summary.json", {**result, "probe": info, "seconds": time.time() - t0}, indent=2)
     print(f"[demo] sample: {result['sample']} ({kinds})")
     print(f"[demo] trained weights: {result['weights']} (EMA: {result.get('ema_weights')})")
-    print(f"[demo] shards: {cfg.train.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")
+    print(f"[demo] shards: {cfg.train.source.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")
     print(f"[demo] MLflow run {result['run_id']}; to browse it:")
     print(f"       MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --workers 1 --host 127.0.0.1 "
           f"--backend-store-uri {uri}")

@@ -1,7 +1,7 @@
 """Train the joint model on prepared shards: one loop for every launcher.
 
-    python launch/train.py --config configs/tiny.yaml --set train.shards=runs/demo/shards
-    torchrun --nproc_per_node 8 launch/train.py --config configs/greatesthits.yaml --set train.shards=/data/gh
+    python launch/train.py --config configs/tiny.yaml --set train.source.shards=runs/demo/shards
+    torchrun --nproc_per_node 8 launch/train.py --config configs/greatesthits.yaml --set train.source.shards=/data/gh
     deepspeed --num_gpus 8 launch/train.py --config ...
     srun python launch/train.py --config ...        # slurm/train.sbatch does this
 

@@ -215,23 +215,9 @@ class PrepConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The training objective and loop (METHOD.md, "Training")."""
+class OptimConfig:
+    """AdamW and its learning-rate schedule (METHOD.md, reference hyper-parameters)."""
 
-    steps: int = 100000
-    """Optimizer steps to run."""
-    batch_size: int = 1
-    """Micro batch per process."""
-    seed: int = 0
-    """Seed for weights of the added modules, noise and data order."""
-    caption_dropout: float = 0.1
-    """Probability of replacing the caption with the empty prompt (for CFG)."""
-    x0_zero_prob: float = 0.5
-    """Per-sample probability of zeroing x0_hat before the training pass."""
-    audio_loss_weight: float = 1.0
-    """Weight of the audio MSE in the total loss."""
-    video_loss_weight: float = 1.0
-    """Weight of the video MSE in the total loss."""
     lr: float = 1e-5
     """AdamW learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -240,62 +226,137 @@ class TrainConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables clipping)."""
-    log_every: int = 10
-    """Log metrics every N steps."""
-    out_dir: str = "runs/default"
-    """Where checkpoints, samples and logs of this run go."""
-    grad_accum: int = 1
-    """Micro batches per optimizer step; global batch = batch_size x grad_accum x world size."""
+    warmup_steps: int = 0
+    """Linear LR warm-up steps."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """LR after warm-up: constant (reference) or cosine decay to 0 at train.steps."""
+
+    def validate(self, where: str) -> None:
+        _check(self.lr > 0, f"{where}.lr", "must be > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
+               "must be two numbers in [0, 1)")
+        _check(self.grad_clip >= 0, f"{where}.grad_clip", "must be >= 0")
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training objective (METHOD.md, "Training (one step)")."""
+
+    caption_dropout: float = 0.1
+    """Probability of replacing the caption with the empty prompt (for CFG)."""
+    x0_zero_prob: float = 0.5
+    """Per-sample probability of zeroing x0_hat before the training pass."""
+    audio_weight: float = 1.0
+    """Weight of the audio MSE in the total loss."""
+    video_weight: float = 1.0
+    """Weight of the video MSE in the total loss."""
+
+    def validate(self, where: str) -> None:
+        for name in ("caption_dropout", "x0_zero_prob"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{where}.{name}", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the training data comes from and how it is read."""
+
+    shards: str = ""
+    """A data_prep output folder, one .tar, or a list file of shard paths (one a line)."""
+    cached_latents: bool = False
+    """Train from the latent-shard-*.tar that launch/cache_latents.py wrote beside the shards."""
+    loader_workers: int = 0
+    """DataLoader worker processes per rank."""
+
+    def validate(self, where: str) -> None:
+        _check(self.loader_workers >= 0, f"{where}.loader_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the trained modules are distributed and computed (DeepSpeed)."""
+
     zero_stage: int = 2
     """DeepSpeed ZeRO stage (0-3) for the trained weights and their optimizer state."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Trained-module precision under DeepSpeed (bf16 keeps fp32 master weights)."""
     activation_checkpointing: bool = False
     """Recompute the base UNets' block activations in backward (saves memory, costs compute)."""
-    ema_decay: float = 0.9999
-    """Decay of the EMA of trained weights (0 disables the EMA)."""
-    warmup_steps: int = 0
-    """Linear LR warm-up steps."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """LR after warm-up: constant (reference) or cosine decay to 0 at train.steps."""
+
+    def validate(self, where: str) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "must be 0, 1, 2 or 3")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When the run saves its resumable state."""
+
     save_every: int = 1000
     """Checkpoint every N steps (also on SIGTERM/SIGUSR1 and at the end)."""
     keep_last: int = 3
     """Checkpoints kept; older ones are deleted after a newer one is complete."""
-    shards: str = ""
-    """Training data: a data_prep output folder (or .tar / list file of shard paths)."""
-    loader_workers: int = 0
-    """DataLoader worker processes per rank."""
-    cached_latents: bool = False
-    """Train from the latent-shard-*.tar that launch/cache_latents.py wrote next to the shards."""
-    val_every: int = 0
-    """Sample and log a validation mp4 every N steps (0: only at the end)."""
-    val_clips: int = 1
+
+    def validate(self, where: str) -> None:
+        _check(self.save_every >= 1, f"{where}.save_every", "must be >= 1")
+        _check(self.keep_last >= 1, f"{where}.keep_last", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Validation samples during training (scored by the eval suite, see ``eval``)."""
+
+    every: int = 0
+    """Sample and log validation mp4s every N steps (0: only at the end)."""
+    clips: int = 1
     """Sounding videos generated per validation; scored with eval.metrics when eval.reference is
     set and there are >= 2 clips, else with AV-Align alone."""
+
+    def validate(self, where: str) -> None:
+        _check(self.every >= 0, f"{where}.every", "must be >= 0")
+        _check(self.clips >= 1, f"{where}.clips", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run (METHOD.md, "Training"): the loop's own settings, then one section per
+    concern, each passed on its own to the code that uses it."""
+
+    steps: int = 100000
+    """Optimizer steps to run."""
+    batch_size: int = 1
+    """Micro batch per process."""
+    grad_accum: int = 1
+    """Micro batches per optimizer step; global batch = batch_size x grad_accum x world size."""
+    seed: int = 0
+    """Seed for weights of the added modules, noise and data order."""
+    out_dir: str = "runs/default"
+    """Where checkpoints, samples and logs of this run go."""
+    log_every: int = 10
+    """Log metrics every N steps."""
+    ema_decay: float = 0.9999
+    """Decay of the EMA of trained weights (0 disables the EMA)."""
     check_frozen: bool = False
     """Hash the frozen base weights before and after training into train_result.json (proof that
     they never changed; a pass over every base weight on rank 0, so off by default)."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The objective."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """DeepSpeed ZeRO and precision."""
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+    val: ValConfig = field(default_factory=ValConfig)
+    """Validation during training."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
-        for name in ("caption_dropout", "x0_zero_prob"):
-            _check(0.0 <= getattr(self, name) <= 1.0, f"{where}.{name}", "must be in [0, 1]")
-        _check(self.lr > 0, f"{where}.lr", "must be > 0")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
-               "must be two numbers in [0, 1)")
-        _check(self.grad_clip >= 0, f"{where}.grad_clip", "must be >= 0")
-        _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
         _check(self.grad_accum >= 1, f"{where}.grad_accum", "must be >= 1")
-        _check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "must be 0, 1, 2 or 3")
+        _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
         _check(0.0 <= self.ema_decay < 1.0, f"{where}.ema_decay", "must be in [0, 1)")
-        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", "must be >= 0")
-        _check(self.save_every >= 1, f"{where}.save_every", "must be >= 1")
-        _check(self.keep_last >= 1, f"{where}.keep_last", "must be >= 1")
-        _check(self.loader_workers >= 0, f"{where}.loader_workers", "must be >= 0")
-        _check(self.val_every >= 0, f"{where}.val_every", "must be >= 0")
-        _check(self.val_clips >= 1, f"{where}.val_clips", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -416,7 +477,7 @@ def check_cross_section(cfg: "Config") -> None:
            f"({a.num_train_timesteps}) must equal model.video.schedule.num_train_timesteps ({v.num_train_timesteps}): "
            "training draws one shared t for both bases")
     e = cfg.eval
-    scored = cfg.train.val_clips >= 2 and bool(e.reference)  # validation scores eval.metrics then
+    scored = cfg.train.val.clips >= 2 and bool(e.reference)  # validation scores eval.metrics then
     if scored and {"fvd", "kvd"} & set(e.metrics) and cfg.data.num_frames < e.fvd_frames:
         raise ConfigError(f"validation scores fvd/kvd on {e.fvd_frames} frames (eval.fvd_frames) but clips have "
                           f"{cfg.data.num_frames} (data.seconds x data.fps): lower eval.fvd_frames or drop fvd/kvd "
@@ -432,6 +493,19 @@ def validate(obj: Any, where: str = "") -> None:
             validate(value, path)
             if hasattr(value, "validate"):
                 value.validate(path)
+
+
+# Keys that moved into sections (issue 10): an old YAML or override gets the new name, not a guess.
+MOVED = {f"train.{old}": f"train.{new}" for old, new in {
+    "lr": "optim.lr", "betas": "optim.betas", "weight_decay": "optim.weight_decay", "grad_clip": "optim.grad_clip",
+    "warmup_steps": "optim.warmup_steps", "lr_schedule": "optim.schedule",
+    "caption_dropout": "loss.caption_dropout", "x0_zero_prob": "loss.x0_zero_prob",
+    "audio_loss_weight": "loss.audio_weight", "video_loss_weight": "loss.video_weight",
+    "shards": "source.shards", "cached_latents": "source.cached_latents", "loader_workers": "source.loader_workers",
+    "zero_stage": "parallel.zero_stage", "precision": "parallel.precision",
+    "activation_checkpointing": "parallel.activation_checkpointing",
+    "save_every": "ckpt.save_every", "keep_last": "ckpt.keep_last", "val_every": "val.every", "val_clips": "val.clips",
+}.items()}
 
 
 def _nearest(key: str, valid: list[str]) -> str:
@@ -486,6 +560,8 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
+            if path in MOVED:
+                raise ConfigError(f"config key '{path}' is now '{MOVED[path]}'")
             near = _nearest(key, list(fields))
             near_path = f"{where}.{near}" if where else near
             raise ConfigError(f"unknown config key '{path}'; did you mean '{near_path}'?")

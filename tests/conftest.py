@@ -48,12 +48,12 @@ def system_factory(tiny_bases):
     return make
 
 
-def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, **train_overrides) -> list[float]:
+def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, **loss_overrides) -> list[float]:
     """A few single-process AdamW steps of the METHOD.md objective on one batch (component tests;
     the real loop is svgen.train.loop, tested in test_train.py)."""
-    from svgen.config import TrainConfig
+    from svgen.config import LossConfig
 
-    cfg = TrainConfig(lr=lr, **train_overrides)
+    cfg = LossConfig(**loss_overrides)
     opt = torch.optim.AdamW(system.model.trainable_parameters(), lr=lr)
     gen = torch.Generator(device=batch.x_a.device).manual_seed(seed)
     system.model.train()

@@ -37,10 +37,10 @@ def test_tiny_is_a_delta_on_the_base():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config(TINY, ["model.cmcpe.depth=2", "train.lr=3e-4", "model.cmcpe.down_blocks=[1, 3]",
+    cfg = load_config(TINY, ["model.cmcpe.depth=2", "train.optim.lr=3e-4", "model.cmcpe.down_blocks=[1, 3]",
                              "sample.negative_prompt=blurry", "model.train_motion_modules=true"])
     assert cfg.model.cmcpe.depth == 2
-    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.optim.lr == pytest.approx(3e-4)
     assert cfg.model.cmcpe.down_blocks == [1, 3]
     assert cfg.sample.negative_prompt == "blurry"
     assert cfg.model.train_motion_modules is True
@@ -57,10 +57,10 @@ def test_unknown_key_names_the_nearest(override, nearest):
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ("train.lr=-1", "train.lr"),
-    ("train.lr=fast", "train.lr' must be a number"),
+    ("train.optim.lr=-1", "train.optim.lr"),
+    ("train.optim.lr=fast", "train.optim.lr' must be a number"),
     ("model.cmcpe.mode=magic", "model.cmcpe.mode' must be one of"),
-    ("train.caption_dropout=1.5", "train.caption_dropout"),
+    ("train.loss.caption_dropout=1.5", "train.loss.caption_dropout"),
     ("model.cmcpe.depth=1.5", "model.cmcpe.depth' must be an integer"),
     ("data.size=100", "data.size"),
     ("data.fmax=9000", "data.fmax"),
@@ -84,7 +84,7 @@ def test_missing_file_and_malformed_override():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(ROOT / "configs" / "nope.yaml")
     with pytest.raises(ConfigError, match="key.path=value"):
-        load_config(TINY, ["train.lr"])
+        load_config(TINY, ["train.optim.lr"])
 
 
 def test_every_field_has_a_docstring():
@@ -116,11 +116,11 @@ def test_cross_section_rules_are_checked_on_load():
     with pytest.raises(ConfigError, match="num_train_timesteps.*shared t"):
         load_config(TINY, ["model.audio.schedule.num_train_timesteps=500"])
     # tiny clips have 8 frames: validation cannot score fvd on 16 of them.
-    scored = ["train.val_clips=2", "eval.reference=ref_shards", "eval.metrics=[av_align,fvd]"]
+    scored = ["train.val.clips=2", "eval.reference=ref_shards", "eval.metrics=[av_align,fvd]"]
     with pytest.raises(ConfigError, match="eval.fvd_frames"):
         load_config(TINY, scored)
     assert load_config(TINY, scored + ["data.seconds=2.0"]).eval.fvd_frames == 16
-    assert load_config(TINY, scored[1:]).train.val_clips == 1  # one clip: AV-Align only, no rule
+    assert load_config(TINY, scored[1:]).train.val.clips == 1  # one clip: AV-Align only, no rule
 
 
 def test_sample_cli_flags_are_validated_overrides():
@@ -136,3 +136,22 @@ def test_sample_cli_flags_are_validated_overrides():
     with pytest.raises(ConfigError, match="sample.steps"):
         load_config(TINY, flag_overrides(argparse.Namespace(steps=0, guidance_audio=None, guidance_video=None,
                                                             gamma=None, negative_prompt=None)))
+
+
+@pytest.mark.parametrize("old,new", [("train.lr=1e-4", "train.optim.lr"), ("train.shards=x", "train.source.shards"),
+                                     ("train.val_clips=2", "train.val.clips"), ("train.zero_stage=3", "train.parallel.zero_stage")])
+def test_a_moved_key_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=f"is now '{new}'"):
+        load_config(TINY, [old])
+
+
+def test_train_sections_reach_their_code():
+    """Each train section is what its consumer reads: DeepSpeed JSON, optimizer, LR schedule."""
+    from svgen.train.engine import deepspeed_config, lr_lambda
+
+    cfg = load_config(TINY, ["train.optim.grad_clip=0.25", "train.parallel.zero_stage=1", "train.optim.warmup_steps=4",
+                             "train.optim.schedule=cosine", "train.steps=12"])
+    ds = deepspeed_config(cfg.train, world_size=2)
+    assert ds["gradient_clipping"] == 0.25 and ds["zero_optimization"]["stage"] == 1
+    f = lr_lambda(cfg.train.optim, cfg.train.steps)
+    assert f(0) == pytest.approx(0.25) and f(4) == pytest.approx(1.0) and f(12) == pytest.approx(0.0, abs=1e-12)

@@ -201,7 +201,7 @@ def test_eval_cli_against_shards_logs_checkpoint_params(nets, tmp_path):
 
     _write_mp4s(tmp_path / "gen", range(4), shift=0.375)
     _write_shards(tmp_path / "ref", range(4))
-    cfg = load_config(TINY, ["train.lr=0.000123"])
+    cfg = load_config(TINY, ["train.optim.lr=0.000123"])
     weights = export_weights(tmp_path / "trained.safetensors", {"w": torch.zeros(1)}, {"config": to_yaml(cfg)})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sets = [f"eval.vggish_path={nets['vggish']}", f"eval.panns_path={nets['panns']}", f"eval.i3d_path={nets['i3d']}"]
@@ -217,7 +217,7 @@ def test_eval_cli_against_shards_logs_checkpoint_params(nets, tmp_path):
     assert {"eval/av_align", "eval/fad_vggish", "eval/fd_panns", "eval/fvd", "eval/kvd"} <= set(m)
     assert m["eval/av_align"] < 0.2 and m["eval/av_align_reference"] == pytest.approx(1.0)
     assert m["eval/num_generated"] == 4 and m["eval/num_reference"] == 4
-    assert run.data.params["train.lr"] == "0.000123"          # the checkpoint's own config
+    assert run.data.params["train.optim.lr"] == "0.000123"          # the checkpoint's own config
     assert run.data.tags["eval.checkpoint"] == str(weights)
 
     # A missing weight file fails before any clip is decoded, naming its key.
@@ -242,7 +242,7 @@ def test_validation_scores_with_the_eval_suite(tiny_cfg, nets, tmp_path):
             self.artifacts.append(Path(path))
 
     _write_shards(tmp_path / "ref", range(4))
-    sets = ["sample.steps=2", "train.val_clips=2", f"eval.reference={tmp_path / 'ref'}",
+    sets = ["sample.steps=2", "train.val.clips=2", f"eval.reference={tmp_path / 'ref'}",
             "eval.metrics=[av_align,fad_vggish]", f"eval.vggish_path={nets['vggish']}"]
     cfg = tiny_cfg(*sets)
     system = build_system(cfg)

@@ -71,7 +71,7 @@ def test_optimizer_sees_only_added_modules(system_factory):
     system = system_factory()
     model = system.model
     added = {id(p) for m in model.added_modules() for p in m.parameters()}
-    opt = make_optimizer(system.model, load_config(TINY))
+    opt = make_optimizer(system.model, load_config(TINY).train.optim)
     seen = {id(p) for g in opt.param_groups for p in g["params"]}
     assert seen == added
     counts = model.parameter_counts()
@@ -116,7 +116,7 @@ def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion)
 
 
 def test_activation_checkpointing_gives_the_same_gradients(system_factory):
-    from svgen.config import TrainConfig
+    from svgen.config import LossConfig
     from svgen.train.engine import enable_activation_checkpointing
 
     grads = []
@@ -131,7 +131,7 @@ def test_activation_checkpointing_gives_the_same_gradients(system_factory):
         g = torch.Generator().manual_seed(0)
         batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
                             *system.encode_text(["x"]))
-        loss, _ = system.loss(batch, TrainConfig(x0_zero_prob=0.0), generator=torch.Generator().manual_seed(1))
+        loss, _ = system.loss(batch, LossConfig(x0_zero_prob=0.0), generator=torch.Generator().manual_seed(1))
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in system.model.named_trainable_parameters().items()})
     for n in grads[0]:

@@ -69,7 +69,7 @@ def test_rerun_skips_and_stale_caches_are_refused(cached, tiny_bases, tmp_path):
 def test_training_from_cached_latents(cached, tiny_bases, tmp_path):
     shards, _, _ = cached
     out = tmp_path / "run"
-    sets = tiny_overrides(tiny_bases) + [f"train.shards={shards}", "train.cached_latents=true", f"train.out_dir={out}",
+    sets = tiny_overrides(tiny_bases) + [f"train.source.shards={shards}", "train.source.cached_latents=true", f"train.out_dir={out}",
                                           "train.steps=2", "train.batch_size=2", "train.log_every=1", "sample.steps=2", "train.check_frozen=true",
                                           "track.backend=none"]
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY),

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from svgen.config import TrainConfig
+from svgen.config import LossConfig
 from svgen.data.latents import LatentBatch
 
 
@@ -41,7 +41,7 @@ def system(system_factory):
 
 
 def test_two_passes_shared_t_independent_s(system):
-    calls, loss, m = _loss(system, TrainConfig(x0_zero_prob=0.0), _batch(system))
+    calls, loss, m = _loss(system, LossConfig(x0_zero_prob=0.0), _batch(system))
     assert len(calls) == 2
     (first, grad1), (second, grad2) = calls
     assert not grad1 and grad2  # the x0_hat pass runs without grad, the training pass with
@@ -56,14 +56,14 @@ def test_two_passes_shared_t_independent_s(system):
 
 
 def test_all_zeroed_x0_skips_the_no_grad_pass(system):
-    calls, _, _ = _loss(system, TrainConfig(x0_zero_prob=1.0), _batch(system))
+    calls, _, _ = _loss(system, LossConfig(x0_zero_prob=1.0), _batch(system))
     assert len(calls) == 1
     x = calls[0][0]
     assert torch.count_nonzero(x.enc_a[:, 8:]) == 0 and torch.count_nonzero(x.enc_v[:, 4:]) == 0
 
 
 def test_x0_zeroing_is_per_sample(system):
-    calls, _, _ = _loss(system, TrainConfig(x0_zero_prob=0.5), _batch(system, b=16), seed=3)
+    calls, _, _ = _loss(system, LossConfig(x0_zero_prob=0.5), _batch(system, b=16), seed=3)
     x = calls[-1][0]
     zeroed = [(x.enc_a[i, 8:] == 0).all().item() for i in range(16)]
     assert 0 < sum(zeroed) < 16
@@ -71,17 +71,17 @@ def test_x0_zeroing_is_per_sample(system):
 
 def test_caption_dropout(system):
     batch = _batch(system)
-    calls, _, _ = _loss(system, TrainConfig(caption_dropout=1.0, x0_zero_prob=1.0), batch)
+    calls, _, _ = _loss(system, LossConfig(caption_dropout=1.0, x0_zero_prob=1.0), batch)
     x = calls[0][0]
     assert torch.equal(x.text_a, system.empty_a.expand_as(batch.text_a))
     assert torch.equal(x.text_v, system.empty_v.expand_as(batch.text_v))
-    calls, _, _ = _loss(system, TrainConfig(caption_dropout=0.0, x0_zero_prob=1.0), batch)
+    calls, _, _ = _loss(system, LossConfig(caption_dropout=0.0, x0_zero_prob=1.0), batch)
     assert torch.equal(calls[0][0].text_a, batch.text_a)
 
 
 def test_loss_weights(system):
     batch = _batch(system)
-    _, _, m = _loss(system, TrainConfig(audio_loss_weight=2.0, video_loss_weight=0.0), batch)
+    _, _, m = _loss(system, LossConfig(audio_weight=2.0, video_weight=0.0), batch)
     assert m["loss"] == pytest.approx(2.0 * m["loss_audio"], rel=1e-5)
 
 

@@ -4,7 +4,7 @@ over the frozen random bases."""
 
 import torch
 
-from svgen.config import TrainConfig, load_config
+from svgen.config import LossConfig, load_config
 from svgen.data.latents import LatentBatch
 from svgen.train.engine import make_optimizer
 
@@ -13,11 +13,11 @@ from .conftest import TINY
 
 def test_tiny_model_overfits_one_batch(system_factory):
     system = system_factory("model.cmcpe.down_blocks=[0, 1, 2, 3]", "model.cmcpe.up_blocks=[0, 1, 2, 3]")
-    cfg = TrainConfig(lr=3e-3, caption_dropout=0.0, x0_zero_prob=1.0)
+    cfg = LossConfig(caption_dropout=0.0, x0_zero_prob=1.0)
     g = torch.Generator().manual_seed(0)
     batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
                         *system.encode_text(["a red square flashes with a click"]))
-    opt = make_optimizer(system.model, load_config(TINY, ["train.lr=3e-3"]))
+    opt = make_optimizer(system.model, load_config(TINY, ["train.optim.lr=3e-3"]).train.optim)
     losses = []
     for step in range(300):
         loss, _ = system.loss(batch, cfg, generator=torch.Generator().manual_seed(1))  # same noise and t every step

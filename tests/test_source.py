@@ -1,4 +1,4 @@
-"""train.shards resolved once: a data_prep folder, one .tar and a list file give the same manifest
+"""train.source.shards resolved once: a data_prep folder, one .tar and a list file give the same manifest
 digest and the same latent-cache check (before, only a folder did, and the others failed with a
 misleading error or tagged the run's manifest as 'none')."""
 

@@ -47,8 +47,8 @@ def shards(tmp_path_factory):
 
 def _sets(tiny_bases, shards, out: Path, *extra: str) -> list[str]:
     sets = tiny_overrides(tiny_bases) + [
-        f"train.shards={shards}", f"train.out_dir={out}", "train.steps=4", "train.batch_size=1", "train.log_every=1",
-        "train.save_every=100", "train.ema_decay=0.9", "sample.steps=2", "data.size=64", "train.check_frozen=true",
+        f"train.source.shards={shards}", f"train.out_dir={out}", "train.steps=4", "train.batch_size=1", "train.log_every=1",
+        "train.ckpt.save_every=100", "train.ema_decay=0.9", "sample.steps=2", "data.size=64", "train.check_frozen=true",
         f"track.tracking_uri=sqlite:///{out.parent}/mlflow.db", *extra]
     args = []
     for s in sets:
@@ -71,8 +71,8 @@ def _result(out: Path) -> dict:
 def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision):
     out = tmp_path / f"zero{stage}"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(ROOT / "launch" / "train.py"),
-           "--config", str(TINY), *_sets(tiny_bases, shards, out, f"train.zero_stage={stage}",
-                                         f"train.precision={precision}", "train.steps=3")]
+           "--config", str(TINY), *_sets(tiny_bases, shards, out, f"train.parallel.zero_stage={stage}",
+                                         f"train.parallel.precision={precision}", "train.steps=3")]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = _result(out)
@@ -93,7 +93,7 @@ def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
     for node_rank in (0, 1):
         cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
                "--master_addr", "127.0.0.1", "--master_port", str(port), str(ROOT / "launch" / "train.py"),
-               "--config", str(TINY), *_sets(tiny_bases, shards, out, "train.steps=2", "train.precision=fp32")]
+               "--config", str(TINY), *_sets(tiny_bases, shards, out, "train.steps=2", "train.parallel.precision=fp32")]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
@@ -106,7 +106,7 @@ def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards):
     ref = tmp_path / "ref"
     base = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY)]
-    extra = ("train.steps=5", "train.precision=fp32", "train.zero_stage=2")
+    extra = ("train.steps=5", "train.parallel.precision=fp32", "train.parallel.zero_stage=2")
     proc = subprocess.run(base + _sets(tiny_bases, shards, ref, *extra), cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -149,7 +149,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
         assert key in run.data.metrics, key
     steps = [m.step for m in client.get_metric_history(second["run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5]  # each step logged once: the resumed run starts after the checkpoint
-    assert run.data.params["train.zero_stage"] == "2" and run.data.tags["git_commit"]
+    assert run.data.params["train.parallel.zero_stage"] == "2" and run.data.tags["git_commit"]
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert arts and arts[0].endswith(".mp4")
     local = client.download_artifacts(run.info.run_id, arts[0], str(tmp_path))
@@ -164,11 +164,11 @@ def _fake_slurm(**extra):
 
 def test_train_sbatch_dry_run():
     proc = subprocess.run(["bash", str(ROOT / "slurm" / "train.sbatch"), "--config", "configs/greatesthits.yaml",
-                           "--set", "train.shards=/data/gh"], env=_fake_slurm(), capture_output=True, text=True)
+                           "--set", "train.source.shards=/data/gh"], env=_fake_slurm(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "MASTER_ADDR=gpu-a MASTER_PORT=29500 WORLD_SIZE=8" in proc.stdout
     assert "srun --kill-on-bad-exit=1 --nodes 2 --ntasks-per-node 4" in proc.stdout
-    assert "launch/train.py --resume auto --config configs/greatesthits.yaml --set train.shards=/data/gh" in proc.stdout
+    assert "launch/train.py --resume auto --config configs/greatesthits.yaml --set train.source.shards=/data/gh" in proc.stdout
     assert "/runs/slurm/4242/rank-%t.log" in proc.stdout and "scontrol requeue 4242" in proc.stdout
 
 
@@ -191,9 +191,9 @@ def test_sbatch_refuses_outside_slurm():
 def test_deepspeed_config_has_one_source_of_truth(tiny_cfg):
     from svgen.train.engine import deepspeed_config
 
-    cfg = tiny_cfg("train.batch_size=3", "train.grad_accum=4", "train.zero_stage=3", "train.grad_clip=0.5",
-                   "train.precision=bf16")
-    ds = deepspeed_config(cfg, world_size=8)
+    cfg = tiny_cfg("train.batch_size=3", "train.grad_accum=4", "train.parallel.zero_stage=3", "train.optim.grad_clip=0.5",
+                   "train.parallel.precision=bf16")
+    ds = deepspeed_config(cfg.train, world_size=8)
     assert ds["train_batch_size"] == 3 * 4 * 8
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 4
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"]

@@ -1,6 +1,6 @@
-"""The training data source: ``train.shards`` resolved once into a value that every reader shares.
+"""The training data source: ``train.source.shards`` resolved once into a value that every reader shares.
 
-``train.shards`` may name a data_prep output folder, one ``.tar``, or a list file of shard paths
+``train.source.shards`` may name a data_prep output folder, one ``.tar``, or a list file of shard paths
 (one a line; relative paths are taken from the list file's folder). Resolving it once gives the
 shard URLs and the folders that hold them, and with them the two things that live beside the
 shards: data_prep's ``manifest.jsonl`` (its digest tags the run) and launch/cache_latents.py's
@@ -31,7 +31,7 @@ def latent_twin(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class ShardSource:
-    """Shards to read, resolved from one ``train.shards`` value."""
+    """Shards to read, resolved from one ``train.source.shards`` value."""
 
     spec: str
     """The value as given (folder, .tar or list file)."""
@@ -64,7 +64,7 @@ class ShardSource:
         for root in self.roots:
             index = root / LATENT_INDEX
             if not index.is_file():
-                raise ShardError(f"train.cached_latents is set but '{index}' is missing (train.shards="
+                raise ShardError(f"train.source.cached_latents is set but '{index}' is missing (train.source.shards="
                                  f"'{self.spec}'): run `python launch/cache_latents.py --shards {root}`")
             cached = json.loads(index.read_text())["encoder_fingerprint"]
             if cached != fingerprint:
@@ -95,7 +95,7 @@ def resolve_shards(spec: str | Path, latents: bool = False) -> ShardSource:
     raw shard stands for its latent twin beside it, which must exist."""
     src = Path(spec)
     if not str(spec):
-        raise ShardError("train.shards is empty: point it at a data_prep output folder, a .tar or a list file")
+        raise ShardError("train.source.shards is empty: point it at a data_prep output folder, a .tar or a list file")
     if src.is_dir():
         pattern = f"{LATENT_PREFIX}shard-*.tar" if latents else "shard-*.tar"
         paths = [str(p) for p in sorted(src.glob(pattern))]
@@ -114,7 +114,7 @@ def resolve_shards(spec: str | Path, latents: bool = False) -> ShardSource:
         paths = [u if _remote(u) else str(latent_twin(Path(u))) for u in paths]
     missing = [Path(u) for u in paths if not _remote(u) and not Path(u).is_file()]
     if missing and latents:
-        raise ShardError(f"train.cached_latents is set but {len(missing)} latent shard(s) of '{src}' are missing "
+        raise ShardError(f"train.source.cached_latents is set but {len(missing)} latent shard(s) of '{src}' are missing "
                          f"(first: '{missing[0]}'): run `python launch/cache_latents.py --shards {missing[0].parent}`")
     if missing:
         raise ShardError(f"'{src}' names {len(missing)} shard(s) that do not exist (first: '{missing[0]}')")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from svgen.config import Config, DataConfig, SampleConfig, TrainConfig
+from svgen.config import Config, DataConfig, LossConfig, SampleConfig
 from svgen.data.latents import LatentBatch
 from svgen.diffusion.schedule import Schedule
 from svgen.models.bases import AudioBase, VideoBase, load_audio_base, load_video_base
@@ -76,7 +76,7 @@ class JointSystem:
                 h.update(t.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()
 
-    def loss(self, batch: LatentBatch, cfg: TrainConfig, *, generator: torch.Generator | None = None,
+    def loss(self, batch: LatentBatch, cfg: LossConfig, *, generator: torch.Generator | None = None,
              model: torch.nn.Module | None = None, skip_unused_pass: bool = True
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The METHOD.md training loss of one batch and its per-modality parts (detached tensors:

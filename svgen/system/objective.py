@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from svgen.config import TrainConfig
+from svgen.config import LossConfig
 from svgen.data.latents import LatentBatch
 from svgen.models.joint import JointInputs
 
@@ -23,7 +23,7 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
-def joint_loss(system: "JointSystem", batch: LatentBatch, cfg: TrainConfig, *,
+def joint_loss(system: "JointSystem", batch: LatentBatch, cfg: LossConfig, *,
                generator: torch.Generator | None = None, model: torch.nn.Module | None = None,
                skip_unused_pass: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and per-modality parts (detached) for one batch.
@@ -63,5 +63,5 @@ def joint_loss(system: "JointSystem", batch: LatentBatch, cfg: TrainConfig, *,
                                      torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))
     loss_a = F.mse_loss(out_a.float(), sched_a.target(x_a, eps_a, t).float())
     loss_v = F.mse_loss(out_v.float(), sched_v.target(x_v, eps_v, t).float())
-    loss = cfg.audio_loss_weight * loss_a + cfg.video_loss_weight * loss_v
+    loss = cfg.audio_weight * loss_a + cfg.video_weight * loss_v
     return loss, {"loss": loss.detach(), "loss_audio": loss_a.detach(), "loss_video": loss_v.detach()}

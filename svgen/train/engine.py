@@ -13,24 +13,23 @@ import math
 
 import torch
 
-from svgen.config import Config
+from svgen.config import OptimConfig, TrainConfig
 from svgen.models.joint import JointModel
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
+def deepspeed_config(t: TrainConfig, world_size: int) -> dict:
     """Micro batch, accumulation and global batch from one source of truth (train.*)."""
-    t = cfg.train
     ds = {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.batch_size * t.grad_accum * world_size,
-        "gradient_clipping": t.grad_clip if t.grad_clip > 0 else 0.0,
-        "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": t.precision == "bf16"},
+        "gradient_clipping": t.optim.grad_clip if t.optim.grad_clip > 0 else 0.0,
+        "zero_optimization": {"stage": t.parallel.zero_stage},
+        "bf16": {"enabled": t.parallel.precision == "bf16"},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if t.zero_stage == 3:
+    if t.parallel.zero_stage == 3:
         # Trained modules are small next to the bases: keep whole-module gathers cheap and
         # avoid prefetch buckets sized for LLMs.
         ds["zero_optimization"].update({"stage3_param_persistence_threshold": 0,
@@ -38,15 +37,15 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
     return ds
 
 
-def lr_lambda(cfg: Config):
-    t = cfg.train
+def lr_lambda(o: OptimConfig, steps: int):
+    """LR factor per step: linear warm-up, then constant or cosine to 0 at ``steps``."""
 
     def f(step: int) -> float:
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.lr_schedule == "cosine":
-            span = max(1, t.steps - t.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.warmup_steps) / span)))
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "cosine":
+            span = max(1, steps - o.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span)))
         return 1.0
     return f
 
@@ -59,25 +58,24 @@ def enable_activation_checkpointing(model: JointModel) -> None:
         unet.enable_gradient_checkpointing()
 
 
-def make_optimizer(model: JointModel, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: JointModel, o: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only (added modules, plus motion modules if switched on)."""
     params = model.trainable_parameters()
     if not params:
         raise ValueError("the joint model has no trainable parameters")
-    t = cfg.train
-    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
-def build_engine(model: JointModel, cfg: Config, world_size: int):
+def build_engine(model: JointModel, t: TrainConfig, world_size: int):
     """(engine, optimizer, scheduler) over the trainable parameters only."""
     import deepspeed
 
-    if cfg.train.activation_checkpointing:
+    if t.parallel.activation_checkpointing:
         enable_activation_checkpointing(model)
-    opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    opt = make_optimizer(model, t.optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.optim, t.steps))
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                                 config=deepspeed_config(cfg, world_size))
+                                                 config=deepspeed_config(t, world_size))
     return engine, opt, sched
 
 

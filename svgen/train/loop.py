@@ -83,7 +83,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     info = init_distributed()
     t = cfg.train
     out_dir = Path(t.out_dir)
-    source = resolve_shards(t.shards, latents=t.cached_latents)  # a bad path fails before any model loads
+    source = resolve_shards(t.source.shards, latents=t.source.cached_latents)  # a bad path fails before any model loads
     if info.is_main:
         write_text(out_dir / "config.yaml", to_yaml(cfg))
     barrier()
@@ -91,14 +91,14 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     system = build_system(cfg).to(info.device)  # added modules seeded identically on every rank
     check_frozen = t.check_frozen and info.is_main
     frozen_before = frozen_digest(system.model) if check_frozen else None
-    if t.cached_latents:
+    if t.source.cached_latents:
         source.check_latent_cache(system.encoder_fingerprint(cfg.data))
-    engine, _, sched = build_engine(system.model, cfg, info.world_size)
+    engine, _, sched = build_engine(system.model, t, info.world_size)
     system.model = engine.module
     named = dict(engine.module.named_parameters())
     with gathered(engine, named.values()):
         ema = EMA(named, t.ema_decay) if t.ema_decay > 0 else None
-    ckpt = Checkpointer(out_dir, info.rank, t.keep_last)
+    ckpt = Checkpointer(out_dir, info.rank, t.ckpt.keep_last)
     gen = torch.Generator(device=info.device).manual_seed(t.seed * 1000 + info.rank)  # noise differs per rank
 
     resumed = ckpt.load(engine, gen, None if resume == "auto" else Path(resume)) if resume != "none" else None
@@ -107,7 +107,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
         ema.load_state_dict(resumed.ema)
     tracker = make_tracker(cfg, info, state.run_id)
     validate = Validator(cfg, out_dir, info, tracker)  # loads feature networks now: fails before training
-    loader = make_loader(source, t.batch_size, info.rank, info.world_size, t.loader_workers, t.seed)
+    loader = make_loader(source, t.batch_size, info.rank, info.world_size, t.source.loader_workers, t.seed)
     if resumed is None:
         record_start(tracker, cfg, source, info, out_dir)
     else:
@@ -125,8 +125,9 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             t0 = time.perf_counter()
             raw = next(batches)
             t1 = time.perf_counter()
-            batch = from_cached(raw, info.device) if t.cached_latents else system.encode(raw, cfg.data)
-            loss, metrics = system.loss(batch, t, generator=gen, model=engine, skip_unused_pass=t.zero_stage < 3)
+            batch = from_cached(raw, info.device) if t.source.cached_latents else system.encode(raw, cfg.data)
+            loss, metrics = system.loss(batch, t.loss, generator=gen, model=engine,
+                                        skip_unused_pass=t.parallel.zero_stage < 3)
             engine.backward(loss)
             engine.step()
             wait += t1 - t0
@@ -154,10 +155,10 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             last_log, wait, compute = now, 0.0, 0.0
         preempted = _agree(stop.raised is not None, info)
         leaving = preempted or (stop_after is not None and steps_here >= stop_after)
-        if state.step % t.save_every == 0 or state.step == t.steps or leaving:
+        if state.step % t.ckpt.save_every == 0 or state.step == t.steps or leaving:
             state.run_id, state.ema = tracker.run_id, ema.state_dict() if ema is not None else None
             ckpt.save(engine, state, gen)
-        if t.val_every and state.step % t.val_every == 0 and state.step < t.steps:
+        if t.val.every and state.step % t.val.every == 0 and state.step < t.steps:
             validate(system, state.step)
         if leaving:
             reason = f"stopped by {stop.raised}" if preempted else "stopped (stop_after)"

@@ -21,7 +21,7 @@ from svgen.system import JointSystem
 def val_metrics(cfg: Config) -> list[str]:
     """AV-Align always; the distances of eval.metrics when there is a reference and >= 2 clips."""
     e = cfg.eval
-    return ["av_align"] + [m for m in e.metrics if m in NEEDS_REFERENCE and e.reference and cfg.train.val_clips >= 2]
+    return ["av_align"] + [m for m in e.metrics if m in NEEDS_REFERENCE and e.reference and cfg.train.val.clips >= 2]
 
 
 class Validator:
@@ -35,9 +35,9 @@ class Validator:
         """Features of eval.reference, computed at the first scored validation."""
 
     def __call__(self, system: JointSystem, step: int) -> Path | None:
-        """``train.val_clips`` sounding videos at ``step``; the first mp4's path on rank 0. Every rank
+        """``train.val.clips`` sounding videos at ``step``; the first mp4's path on rank 0. Every rank
         runs the sampler (under ZeRO-3 the forward gathers weights collectively)."""
-        cfg, n = self.cfg, self.cfg.train.val_clips
+        cfg, n = self.cfg, self.cfg.train.val.clips
         frames, wave = generate(system, [cfg.sample.prompt] * n, cfg.data, cfg.sample,
                                 seed=[cfg.sample.seed + i for i in range(n)], progress=False)
         if not self.info.is_main:
