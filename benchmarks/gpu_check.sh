@@ -30,3 +30,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 [ -n "${SKIP_TESTS:-}" ] || step kernels_test 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
 step kernel_bench_bf16 200 python3 benchmarks/cmcpe_kernel.py --dtype bfloat16 --iters 20 --sweep
 step train_step 240 python3 benchmarks/model_overhead.py --only full-size --kernels reference,triton --repeats 10
+# What the reference's head width of 8 costs (issue 11): the same step with 64-wide heads, for
+# CMC-PE and for the cross-attention baseline (the default runs above use head_dim 8).
+step head_dim64 150 python3 benchmarks/model_overhead.py --only full-size --kernels triton --repeats 5 --set model.cmcpe.head_dim=64
+step xattn_head_dim 200 bash -c "python3 benchmarks/model_overhead.py --only full-size --kernels reference --repeats 5 --set model.cmcpe.mode=xattn_pooled && python3 benchmarks/model_overhead.py --only full-size --kernels reference --repeats 5 --set model.cmcpe.mode=xattn_pooled --set model.cmcpe.head_dim=64"

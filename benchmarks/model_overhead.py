@@ -33,8 +33,7 @@ from svgen.train.engine import make_optimizer  # noqa: E402
 CONFIGS = {
     # name: (config file, tiny-base width or "full", overrides)
     "tiny": ("tiny.yaml", 16, []),
-    "cpu-medium": ("tiny.yaml", 64, ["data.size=128", "data.seconds=2.0", "model.encoder.channels=64",
-                                     "model.encoder.context_dim=256", "model.cmcpe.heads=4"]),
+    "cpu-medium": ("tiny.yaml", 64, ["data.size=128", "data.seconds=2.0", "model.encoder.context_dim=256"]),
     # Real AudioLDM-m / SD-1.5 / motion-adapter v1-5-2 sizes (random weights) at the paper's
     # GreatestHits setting (4 s, 8 fps, 256 px, bf16): for a GPU.
     "full-size": ("greatesthits.yaml", "full", []),

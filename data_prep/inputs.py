@@ -1,6 +1,6 @@
 """Input discovery: a folder (recursive, by extension), a CSV or JSONL manifest
 (path, optional caption, optional start/end in seconds), or a GreatestHits-style list file
-(one ``path,caption`` per line, no header)."""
+(one ``path,caption`` CSV record per line, no header; captions with commas are quoted)."""
 
 from __future__ import annotations
 
@@ -58,11 +58,20 @@ def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
             items.append(InputItem(i, _resolve(src.parent, r["path"]), r.get("caption") or "",
                                    _num(r.get("start")), _num(r.get("end"))))
     elif src.is_file() and src.suffix.lower() in (".txt", ".list"):
+        # One CSV record a line, no header: the reference's split files quote a caption that holds
+        # a comma ('path,"a cup, a desk"'). An unquoted caption with commas is kept whole too.
         items = []
         for line in src.read_text().splitlines():
             if not line.strip():
                 continue
-            path, _, caption = line.partition(",")
+            if line.lstrip().startswith('"'):  # a quoted path: the whole line is CSV
+                row = next(csv.reader([line.strip()], skipinitialspace=True))
+                path, caption = row[0], ",".join(row[1:])
+            else:
+                path, _, caption = line.partition(",")
+                caption = caption.strip()
+                if caption.startswith('"'):
+                    caption = next(csv.reader([caption]))[0]
             items.append(InputItem(len(items), _resolve(src.parent, path.strip()), caption.strip()))
     elif not src.exists():
         raise InputError(f"input '{src}' does not exist: give a folder of videos, a .csv/.jsonl manifest "

@@ -51,11 +51,12 @@ class Encoder:
         with atomic_path(final) as tmp, wds.TarWriter(str(tmp)) as sink:
             for i in range(0, len(items), batch_size):
                 batch = collate(items[i:i + batch_size])
-                lat = self.system.encode(batch, self.cfg.data)
+                post_a, post_v, text_a, text_v = self.system.encode_posteriors(batch, self.cfg.data)
+                arrays = {"latent_a": post_a.mean, "latent_a_std": post_a.std, "latent_v": post_v.mean,
+                          "latent_v_std": post_v.std, "text_a": text_a, "text_v": text_v}
                 for j, key in enumerate(batch["key"]):
                     meta = {**batch["meta"][j], "encoder_fingerprint": self.fingerprint}
-                    sink.write(encode_latent_sample(key, lat.x_a[j].cpu().numpy(), lat.x_v[j].cpu().numpy(),
-                                                    lat.text_a[j].cpu().numpy(), lat.text_v[j].cpu().numpy(), meta))
+                    sink.write(encode_latent_sample(key, {k: v[j].float().cpu().numpy() for k, v in arrays.items()}, meta))
                     n += 1
         return n
 

@@ -48,6 +48,11 @@ class NoiseSchedule:
     """Beta interpolation: 'linear' (AnimateDiff) or 'scaled_linear' (AudioLDM)."""
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     """What the base UNet predicts: noise ('epsilon') or velocity ('v_prediction')."""
+    timestep_spacing: Literal["leading", "linspace", "trailing"] = "leading"
+    """How the sampler's DDIM grid is spaced (diffusers' names): AudioLDM 'leading' (981 ... 1),
+    the reference's video scheduler 'linspace' (999 ... 0)."""
+    steps_offset: int = 1
+    """Added to a 'leading' grid (AudioLDM and SD use 1)."""
 
     def validate(self, where: str) -> None:
         _check(self.num_train_timesteps >= 2, f"{where}.num_train_timesteps", "must be >= 2")
@@ -61,6 +66,9 @@ class AudioBaseConfig:
 
     path: str = "checkpoints/audioldm-m-full"
     """Local directory in diffusers layout: unet/, vae/, vocoder/, text_encoder/ (CLAP), tokenizer/."""
+    architecture: str = "audioldm-m-full"
+    """The UNet's shape when no checkpoint is at ``path`` (python -m svgen.models.count); see
+    svgen/models/architectures.py."""
     schedule: NoiseSchedule = field(default_factory=lambda: NoiseSchedule(
         beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear"))
     """The audio base's noise schedule."""
@@ -68,26 +76,35 @@ class AudioBaseConfig:
 
 @dataclass(frozen=True)
 class VideoBaseConfig:
-    """The frozen video diffusion model (SD-1.5 UNet + AnimateDiff motion adapter)."""
+    """The frozen video diffusion model: an SD-1.5-layout UNet + the AnimateDiff motion adapter.
+    The reference uses Realistic Vision V5.1 (noVAE), an SD-1.5 fine-tune; plain SD-1.5 has the
+    same layout and loads the same way."""
 
-    path: str = "checkpoints/stable-diffusion-v1-5"
-    """Local SD-1.5 directory in diffusers layout: unet/, vae/, text_encoder/ (CLIP), tokenizer/."""
+    path: str = "checkpoints/Realistic_Vision_V5.1_noVAE"
+    """Local directory in diffusers layout: unet/, vae/, text_encoder/ (CLIP), tokenizer/ (the
+    reference: SG161222/Realistic_Vision_V5.1_noVAE; or runwayml SD-1.5)."""
+    architecture: str = "sd15+animatediff-v1-5-2"
+    """The UNet + motion-adapter shape when no checkpoint is at ``path`` (model count); see
+    svgen/models/architectures.py."""
     motion_adapter_path: str = "checkpoints/animatediff-motion-adapter-v1-5-2"
     """Local directory of the diffusers MotionAdapter (config.json + weights)."""
-    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
-    """The video base's noise schedule."""
+    schedule: NoiseSchedule = field(default_factory=lambda: NoiseSchedule(timestep_spacing="linspace"))
+    """The video base's noise schedule (the reference forces beta_schedule linear, spacing linspace)."""
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Environment encoders E_a, E_v (METHOD.md, "Added modules" 1)."""
+    """Environment encoders E_a, E_v (METHOD.md, "Added modules" 1). Their widths follow each
+    base UNet's first width m (m/2, 2m, 4m), as the reference's; only the output width is set here."""
 
-    channels: int = 320
-    """Width of the conv stem and ResBlocks."""
     context_dim: int = 1280
     """Output width C_ctx of the pooled features p_m (1280 in the reference)."""
     temporal_heads: int = 8
-    """Heads of the video encoder's light temporal attention."""
+    """Heads of the video encoder's temporal attention (8 in the reference; head width C/4)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.context_dim >= 1, f"{where}.context_dim", "must be >= 1")
+        _check(self.temporal_heads >= 1, f"{where}.temporal_heads", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -101,8 +118,10 @@ class CMCPEConfig:
     """Indices of down blocks after which a block is inserted (default: METHOD.md's)."""
     up_blocks: list[int] = field(default_factory=lambda: [0, 1])
     """Indices of up blocks after which a block is inserted."""
-    heads: int = 8
-    """Attention heads inside each block."""
+    head_dim: int = 8
+    """Width of each attention head inside the blocks (heads = block width / head_dim). The
+    reference uses 8 (160 heads at C = 1280, from a misreading of the base's attention_head_dim);
+    it is slow on GPUs: 64 is the usual choice when reproducing the paper is not the aim."""
     depth: int = 1
     """Number of (self-attention + feed-forward) layers after the conditioning attention."""
     resample: Literal["nearest", "linear"] = "nearest"
@@ -111,7 +130,7 @@ class CMCPEConfig:
     """Implementation of the fused norm + add hot path: 'auto' picks Triton on CUDA."""
 
     def validate(self, where: str) -> None:
-        _check(self.heads >= 1, f"{where}.heads", "must be >= 1")
+        _check(self.head_dim >= 1, f"{where}.head_dim", "must be >= 1")
         _check(self.depth >= 0, f"{where}.depth", "must be >= 0")
         for name in ("down_blocks", "up_blocks"):
             idx = getattr(self, name)
@@ -134,8 +153,9 @@ class ModelConfig:
     """Cross-modal blocks."""
     base_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     """Storage and compute dtype of the frozen bases."""
-    train_motion_modules: bool = False
-    """Also train the video motion modules (the reference code does by default)."""
+    train_motion_modules: bool = True
+    """Also train the video motion modules (about 453 M at the real size): the reference code does,
+    and it produced the published checkpoint; false keeps both base UNets frozen whole."""
 
 
 @dataclass(frozen=True)
@@ -325,8 +345,13 @@ class TrainConfig:
     """Optimizer steps to run."""
     batch_size: int = 1
     """Micro batch per process."""
+    global_batch: int = 0
+    """Samples per optimizer step over all processes (the paper: 16). When set, the accumulation
+    is derived from the world size: global_batch / (batch_size x world size) micro batches per
+    step; 0 uses grad_accum as given."""
     grad_accum: int = 1
-    """Micro batches per optimizer step; global batch = batch_size x grad_accum x world size."""
+    """Micro batches per optimizer step when global_batch is 0; global batch = batch_size x
+    grad_accum x world size."""
     seed: int = 0
     """Seed for weights of the added modules, noise and data order."""
     out_dir: str = "runs/default"
@@ -334,7 +359,10 @@ class TrainConfig:
     log_every: int = 10
     """Log metrics every N steps."""
     ema_decay: float = 0.9999
-    """Decay of the EMA of trained weights (0 disables the EMA)."""
+    """Decay of the EMA of trained weights (0 disables the EMA); warm-up min(decay, (1+k)/(10+k))."""
+    ema_motion_modules: bool = False
+    """Also average the motion modules (the reference averages the added modules only; the
+    exported EMA weights then carry the motion modules as trained)."""
     check_frozen: bool = False
     """Hash the frozen base weights before and after training into train_result.json (proof that
     they never changed; a pass over every base weight on rank 0, so off by default)."""
@@ -351,10 +379,26 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     """Validation during training."""
 
+    def accumulation(self, world_size: int) -> int:
+        """Micro batches per optimizer step on ``world_size`` processes."""
+        if not self.global_batch:
+            return self.grad_accum
+        per_step = self.batch_size * world_size
+        if self.global_batch % per_step:
+            raise ConfigError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size "
+                              f"({self.batch_size}) x {world_size} processes: change the process count, "
+                              "train.batch_size or train.global_batch")
+        return self.global_batch // per_step
+
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, f"{where}.grad_accum", "must be >= 1")
+        _check(self.global_batch >= 0, f"{where}.global_batch", "must be >= 0 (0: use grad_accum)")
+        _check(self.global_batch == 0 or self.grad_accum == 1, f"{where}.grad_accum",
+               f"is derived from {where}.global_batch when that is set: set one of them (the other to its default)")
+        _check(self.global_batch == 0 or self.global_batch % self.batch_size == 0, f"{where}.global_batch",
+               f"({self.global_batch}) must be a multiple of {where}.batch_size ({self.batch_size})")
         _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
         _check(0.0 <= self.ema_decay < 1.0, f"{where}.ema_decay", "must be in [0, 1)")
 
@@ -495,8 +539,10 @@ def validate(obj: Any, where: str = "") -> None:
                 value.validate(path)
 
 
-# Keys that moved into sections (issue 10): an old YAML or override gets the new name, not a guess.
-MOVED = {f"train.{old}": f"train.{new}" for old, new in {
+# Keys that moved (issues 10 and 11): an old YAML or override gets the new name, not a guess.
+MOVED = {"model.cmcpe.heads": "model.cmcpe.head_dim (heads = block width / head_dim)",
+         "model.encoder.channels": "derived from the base UNet's first width (remove the key)"}
+MOVED |= {f"train.{old}": f"train.{new}" for old, new in {
     "lr": "optim.lr", "betas": "optim.betas", "weight_decay": "optim.weight_decay", "grad_clip": "optim.grad_clip",
     "warmup_steps": "optim.warmup_steps", "lr_schedule": "optim.schedule",
     "caption_dropout": "loss.caption_dropout", "x0_zero_prob": "loss.x0_zero_prob",

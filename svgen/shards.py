@@ -24,8 +24,12 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 VIDEO, AUDIO, MEL, META = "video.npy", "audio.npy", "mel.npy", "json"
-# Cached-latent shards (launch/cache_latents.py): the frozen encoders' outputs for one clip.
+# Cached-latent shards (launch/cache_latents.py): the frozen encoders' outputs for one clip, the
+# VAE posteriors as mean and standard deviation (training samples from them).
 LATENT_A, LATENT_V, TEXT_A, TEXT_V = "latent_a.npy", "latent_v.npy", "text_a.npy", "text_v.npy"
+LATENT_A_STD, LATENT_V_STD = "latent_a_std.npy", "latent_v_std.npy"
+LATENT_MEMBERS = (("latent_a", LATENT_A), ("latent_a_std", LATENT_A_STD), ("latent_v", LATENT_V),
+                  ("latent_v_std", LATENT_V_STD), ("text_a", TEXT_A), ("text_v", TEXT_V))
 LATENT_PREFIX = "latent-"
 LATENT_INDEX = "latents.json"
 STATS_SUFFIX = ".stats.json"
@@ -69,20 +73,24 @@ def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str
     return sample
 
 
-def encode_latent_sample(key: str, latent_a: np.ndarray, latent_v: np.ndarray, text_a: np.ndarray,
-                         text_v: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-    """A cached-latent sample: scaled VAE latents and text embeddings, stored as float16."""
-    arrays = {LATENT_A: latent_a, LATENT_V: latent_v, TEXT_A: text_a, TEXT_V: text_v}
+def encode_latent_sample(key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """A cached-latent sample from ``arrays`` named as in LATENT_MEMBERS (latent_a, latent_a_std,
+    latent_v, latent_v_std, text_a, text_v): scaled posterior means and deviations and the text
+    embeddings, stored as float16."""
+    missing = [name for name, _ in LATENT_MEMBERS if name not in arrays]
+    if missing:
+        raise ValueError(f"cached-latent sample '{key}' lacks {missing}")
     return {"__key__": key, META: json.dumps({"schema": SCHEMA_VERSION, **meta}).encode(),
-            **{k: encode_array(np.asarray(v, dtype=np.float16)) for k, v in arrays.items()}}
+            **{member: encode_array(np.asarray(arrays[name], dtype=np.float16)) for name, member in LATENT_MEMBERS}}
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raw or cached-latent member bytes -> numpy arrays and metadata (no pickle anywhere)."""
     out = {"key": sample["__key__"], "meta": json.loads(sample[META])}
     if LATENT_A in sample:
-        for name, member in (("latent_a", LATENT_A), ("latent_v", LATENT_V), ("text_a", TEXT_A), ("text_v", TEXT_V)):
-            out[name] = decode_array(sample[member]).astype(np.float32)
+        for name, member in LATENT_MEMBERS:
+            if member in sample:
+                out[name] = decode_array(sample[member]).astype(np.float32)
         return out
     out["frames"] = decode_array(sample[VIDEO])
     out["wave"] = pcm16_to_audio(decode_array(sample[AUDIO]))

@@ -155,3 +155,20 @@ def test_train_sections_reach_their_code():
     assert ds["gradient_clipping"] == 0.25 and ds["zero_optimization"]["stage"] == 1
     f = lr_lambda(cfg.train.optim, cfg.train.steps)
     assert f(0) == pytest.approx(0.25) and f(4) == pytest.approx(1.0) and f(12) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_global_batch_derives_accumulation_from_the_world_size():
+    """The paper's total batch of 16 on any number of processes."""
+    from svgen.train.engine import deepspeed_config
+
+    t = load_config(ROOT / "configs" / "greatesthits.yaml").train
+    assert t.global_batch == 16 and t.steps == 387000
+    for world, accum in ((1, 16), (8, 2), (16, 1)):
+        ds = deepspeed_config(t, world)
+        assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (accum, 16)
+    with pytest.raises(ConfigError, match="not a multiple.*3 processes"):
+        t.accumulation(3)
+    with pytest.raises(ConfigError, match="derived from train.global_batch"):
+        load_config(ROOT / "configs" / "greatesthits.yaml", ["train.grad_accum=2"])
+    plain = load_config(TINY, ["train.grad_accum=3"]).train
+    assert plain.global_batch == 0 and plain.accumulation(4) == 3

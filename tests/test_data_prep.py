@@ -226,9 +226,13 @@ def test_input_formats(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "in/v01.mp4", "caption": "hit", "start": 0.5, "end": 2.0}) + "\n")
     (item,) = discover(tmp_path / "m.jsonl", exts)
     assert item.caption == "hit" and item.start == 0.5 and item.end == 2.0 and Path(item.path).is_file()
-    (tmp_path / "gh.txt").write_text("in/v00.mp4,a stick hits wood\nin/v01.mp4,scratch\n")
+    (tmp_path / "gh.txt").write_text('in/v00.mp4,a stick hits wood\nin/v01.mp4,scratch\n'
+                                     'in/v00.mp4,"A person hits a cup, and a desk rattles."\n'
+                                     'in/v01.mp4,unquoted, with a comma\n')
     items = discover(tmp_path / "gh.txt", exts)
-    assert [i.caption for i in items] == ["a stick hits wood", "scratch"]
+    assert [i.caption for i in items] == ["a stick hits wood", "scratch", "A person hits a cup, and a desk rattles.",
+                                          "unquoted, with a comma"]
+    assert all(Path(i.path).is_file() for i in items)
     (tmp_path / "bad.csv").write_text("file,caption\nx.mp4,y\n")
     with pytest.raises(InputError, match="'path' column"):
         discover(tmp_path / "bad.csv", exts)

@@ -28,9 +28,10 @@ FPS, SR = 8, 16000
 
 def _clip(k: int, seconds: float = 2.0, shift: float = 0.0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """A square that jumps at three clip-specific times, with a click (+ shift) at each jump; a
-shift of 3 frames puts every click midway between two jumps."""
+shift of 3 frames puts every click at least 2 frames from any jump. Jumps stay off the first
+and last frames, where AV-Align (as the reference) never places a motion peak."""
     n = int(seconds * FPS)
-    events = [(2 + k % 2 + 6 * j) / FPS for j in range(3)]   # 6 frames apart
+    events = [(2 + k % 2 + 5 * j) / FPS for j in range(3)]   # 5 frames apart, last at frame 12 or 13
     frames = np.zeros((n, size, size, 3), np.uint8)
     frames[..., k % 3] = 40 + 10 * k
     pos = 2

@@ -68,7 +68,7 @@ def test_blocks_sit_at_the_configured_points(system_factory):
 
 
 def test_optimizer_sees_only_added_modules(system_factory):
-    system = system_factory()
+    system = system_factory("model.train_motion_modules=false")  # both UNets wholly frozen
     model = system.model
     added = {id(p) for m in model.added_modules() for p in m.parameters()}
     opt = make_optimizer(system.model, load_config(TINY).train.optim)

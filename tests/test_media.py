@@ -48,6 +48,22 @@ def test_log_mel_matches_method_settings(tiny_cfg):
     assert padded.shape[1] == 416 and torch.all(padded[:, 400:] == LOG_FLOOR)
 
 
+def test_posterior_samples_spread_around_the_mean(system_factory, tiny_cfg):
+    """Training latents are drawn from the VAE posterior (METHOD.md step 5), not its mode."""
+    from svgen.models.codec import audio_posterior, video_posterior
+
+    system = system_factory()
+    data = tiny_cfg().data
+    clip = make_clip(data, seed=0)
+    for post in (audio_posterior(system.audio, torch.from_numpy(clip.wave)[None], data),
+                 video_posterior(system.video, torch.from_numpy(clip.frames)[None])):
+        assert (post.std > 0).all()
+        draws = torch.stack([post.sample(torch.Generator().manual_seed(s)) for s in range(64)])
+        assert not torch.equal(draws[0], draws[1])
+        torch.testing.assert_close(draws.mean(0), post.mean, atol=float(4 * post.std.max() / 8), rtol=0)
+        torch.testing.assert_close(draws.std(0), post.std, atol=float(0.3 * post.std.max()), rtol=0.3)
+
+
 def test_codec_round_trip_shapes(system_factory, tiny_cfg):
     system = system_factory()
     data = tiny_cfg().data
@@ -56,7 +72,7 @@ def test_codec_round_trip_shapes(system_factory, tiny_cfg):
     zv = encode_video(system.video, torch.from_numpy(clip.frames)[None])
     shape_a, shape_v = latent_shapes(system.audio, system.video, data, 1)
     assert tuple(za.shape) == shape_a and tuple(zv.shape) == shape_v
-    assert shape_a[2] % system.audio.unet_downsample == 0  # padded for the UNet
+    assert shape_a[2] == data.mel_frames // system.audio.vae_scale  # the clip's own length: no padding here
     frames = decode_video(system.video, zv)
     wave = decode_audio(system.audio, za, data.num_samples)
     assert frames.shape == (1, data.num_frames, data.size, data.size, 3)

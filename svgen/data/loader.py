@@ -12,9 +12,13 @@ import torch
 import webdataset as wds
 
 from svgen.data.source import ShardError, ShardSource, resolve_shards
-from svgen.shards import decode_sample
+from svgen.shards import LATENT_MEMBERS, decode_sample
 
 __all__ = ["ClipStream", "DataPosition", "ShardError", "check_split", "collate", "endless", "make_loader"]
+
+
+ARRAYS = ("frames", "wave", "mel") + tuple(name for name, _ in LATENT_MEMBERS)
+"""Per-clip arrays a batch may carry (raw shards, or cached latents)."""
 
 
 def check_split(num_shards: int, world_size: int, num_workers: int) -> None:
@@ -61,7 +65,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         )
         for s in pipeline:
             item = {"key": s["key"], "caption": s["meta"].get("caption", ""), "meta": s["meta"]}
-            for name in ("frames", "wave", "mel", "latent_a", "latent_v", "text_a", "text_v"):
+            for name in ARRAYS:
                 if name in s:
                     item[name] = torch.from_numpy(s[name])
             yield item
@@ -69,7 +73,7 @@ class ClipStream(torch.utils.data.IterableDataset):
 
 def collate(items: list[dict]) -> dict:
     out = {"key": [i["key"] for i in items], "caption": [i["caption"] for i in items], "meta": [i["meta"] for i in items]}
-    for name in ("frames", "wave", "mel", "latent_a", "latent_v", "text_a", "text_v"):
+    for name in ARRAYS:
         if all(name in i for i in items):
             out[name] = torch.stack([i[name] for i in items])
     return out

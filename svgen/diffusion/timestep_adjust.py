@@ -1,8 +1,10 @@
 """Timestep adjustment (METHOD.md, "Timestep adjustment").
 
-Sampling walks one DDIM grid tau_k, warped per modality so that t_v/T ~ (t_a/T)**gamma:
+Sampling walks a DDIM grid tau_k per modality, each in its base scheduler's own spacing (audio:
+AudioLDM's 'leading' + 1, 981 ... 1; video: 'linspace', 999 ... 0, as the reference forces),
+warped so that t_v/T ~ (t_a/T)**gamma:
 
-    t_v = round(T * (tau/T) ** sqrt(gamma)),   t_a = round(T * (tau/T) ** (1/sqrt(gamma)))
+    t_v = round(T * (tau_v/T) ** sqrt(gamma)),   t_a = round(T * (tau_a/T) ** (1/sqrt(gamma)))
 
 Because the warped grids are not evenly strided, :func:`ddim_step` takes the previous timestep
 explicitly, looked up in the warped list, instead of deriving it from a fixed stride.
@@ -12,15 +14,31 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from svgen.config import NoiseSchedule
 
-def ddim_grid(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> list[int]:
-    """The plain DDIM grid, descending: diffusers' 'leading' spacing (as in SD and AudioLDM)."""
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    ratio = num_train_timesteps // num_steps
-    return [k * ratio + steps_offset for k in reversed(range(num_steps))]
+
+def ddim_grid(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1,
+              spacing: str = "leading") -> list[int]:
+    """The plain DDIM grid, descending, as diffusers' DDIMScheduler.set_timesteps spaces it:
+    'leading' (k * T//n + offset), 'linspace' (round(linspace(0, T-1, n))), 'trailing'."""
+    T = num_train_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    if spacing == "leading":
+        return [k * (T // num_steps) + steps_offset for k in reversed(range(num_steps))]
+    if spacing == "linspace":
+        return [int(t) for t in np.linspace(0, T - 1, num_steps).round()[::-1]]
+    if spacing == "trailing":
+        return [int(t) - 1 for t in np.round(np.arange(T, 0, -T / num_steps))]
+    raise ValueError(f"unknown timestep spacing {spacing!r}; use leading, linspace or trailing")
+
+
+def base_grid(num_steps: int, schedule: NoiseSchedule) -> list[int]:
+    """A base model's own DDIM grid."""
+    return ddim_grid(num_steps, schedule.num_train_timesteps, schedule.steps_offset, schedule.timestep_spacing)
 
 
 def warp(grid: list[int], exponent: float, num_train_timesteps: int = 1000) -> list[int]:
@@ -29,16 +47,17 @@ def warp(grid: list[int], exponent: float, num_train_timesteps: int = 1000) -> l
     return [min(T - 1, max(0, round(T * (tau / T) ** exponent))) for tau in grid]
 
 
-def adjusted_grids(num_steps: int, gamma: float, num_train_timesteps: int = 1000,
-                   steps_offset: int = 1) -> tuple[list[int], list[int]]:
-    """(audio grid, video grid), both descending and of equal length. gamma = 1 gives plain DDIM."""
+def adjusted_grids(num_steps: int, gamma: float, audio: NoiseSchedule, video: NoiseSchedule
+                   ) -> tuple[list[int], list[int]]:
+    """(audio grid, video grid), both descending and of equal length: each base's own grid, warped.
+    gamma = 1 gives each base's plain DDIM grid."""
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
-    tau = ddim_grid(num_steps, num_train_timesteps, steps_offset)
+    tau_a, tau_v = base_grid(num_steps, audio), base_grid(num_steps, video)
     if gamma == 1.0:
-        return list(tau), list(tau)
+        return tau_a, tau_v
     root = math.sqrt(gamma)
-    return warp(tau, 1.0 / root, num_train_timesteps), warp(tau, root, num_train_timesteps)
+    return warp(tau_a, 1.0 / root, audio.num_train_timesteps), warp(tau_v, root, video.num_train_timesteps)
 
 
 def transitions(grid: list[int]) -> list[tuple[int, int]]:

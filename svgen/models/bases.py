@@ -1,7 +1,7 @@
 """Load the frozen base models from local directories in diffusers layout.
 
 audio (AudioLDM, e.g. cvssp/audioldm-m-full): unet/ vae/ vocoder/ text_encoder/ (CLAP) tokenizer/
-video (SD-1.5):                                unet/ vae/ text_encoder/ (CLIP) tokenizer/
+video (Realistic Vision V5.1 / SD-1.5):        unet/ vae/ text_encoder/ (CLIP) tokenizer/
 motion adapter (AnimateDiff v1-5-2):           config.json + weights
 
 The classes are the ones diffusers and transformers load these checkpoints with, so a real
@@ -144,7 +144,7 @@ def load_audio_base(path: str | Path, dtype: torch.dtype = torch.float32) -> Aud
 def load_video_base(path: str | Path, motion_adapter_path: str | Path,
                     dtype: torch.dtype = torch.float32) -> VideoBase:
     """Load and freeze SD-1.5 + the AnimateDiff motion adapter as one UNetMotionModel."""
-    root = _require_dir(Path(path), "video base (SD-1.5)")
+    root = _require_dir(Path(path), "video base (Realistic Vision V5.1 or another SD-1.5-layout model)")
     what = f"video base at '{root}'"
     kw = {"low_cpu_mem_usage": False}
     unet2d = UNet2DConditionModel.from_pretrained(_require_model(root / "unet", "diffusers", what), **kw)

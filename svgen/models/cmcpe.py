@@ -27,14 +27,19 @@ def _groups(channels: int, preferred: int = 32) -> int:
     return g
 
 
+def heads_for(dim: int, head_dim: int) -> int:
+    """Heads of width ``head_dim`` over ``dim`` channels (the reference: width 8, C/8 heads)."""
+    if dim % head_dim:
+        raise ValueError(f"attention width {dim} is not divisible by head_dim={head_dim}; "
+                         "set model.cmcpe.head_dim to a divisor of every inserted block's width")
+    return dim // head_dim
+
+
 class Attention(nn.Module):
     """Multi-head attention over token sequences (B, N, C), optionally to a context (B, M, D)."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by heads={heads}; "
-                             "set model.cmcpe.heads to a divisor of every inserted block's width")
         self.heads = heads
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
@@ -50,14 +55,25 @@ class Attention(nn.Module):
 
 
 class _Layer(nn.Module):
-    """u + SelfAttention(LN(u)); u + GEGLU-FF(LN(u))."""
+    """Self-attention and GEGLU feed-forward sub-layers.
 
-    def __init__(self, dim: int, heads: int):
+    ``renorm=False`` (pre-norm, the cross-attention baseline's transformer block):
+    u + Attn(LN(u)); u + FF(LN(u)). ``renorm=True`` (the reference CMC-PE block): the residual
+    stream itself is re-normalised before each sub-layer: u = LN(u); u + Attn(u); u = LN(u); u + FF(u).
+    """
+
+    def __init__(self, dim: int, heads: int, renorm: bool = False):
         super().__init__()
+        self.renorm = renorm
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
         self.norm2, self.ff = nn.LayerNorm(dim), FeedForward(dim, activation_fn="geglu")
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if self.renorm:
+            u = self.norm1(u)
+            u = u + self.attn(u)
+            u = self.norm2(u)
+            return u + self.ff(u)
         u = u + self.attn(self.norm1(u))
         return u + self.ff(self.norm2(u))
 
@@ -66,7 +82,8 @@ class _BlockBase(nn.Module):
     """Shared in/out projections: GN -> proj_in on the way in, zero-init proj_out on the way out.
 
     ``per_frame`` (video): attention runs within each time step over S positions;
-    otherwise (audio) over all T*S positions.
+    otherwise (audio) over all T*S positions. The input GroupNorm's statistics span the whole
+    clip (all time steps together) for both, as the reference's.
     """
 
     def __init__(self, channels: int, per_frame: bool):
@@ -79,15 +96,8 @@ class _BlockBase(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
 
     def _tokens_in(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, S) -> proj_in(GN(h)) as tokens (B, T, S, C). GN statistics per time step
-        for video (as the UNet normalises each frame), over the whole clip for audio."""
-        b, c, t, s = h.shape
-        if self.per_frame:
-            x = self.norm_in(h.permute(0, 2, 1, 3).reshape(b * t, c, s)).reshape(b, t, c, s)
-            x = x.permute(0, 1, 3, 2)
-        else:
-            x = self.norm_in(h).permute(0, 2, 3, 1)
-        return self.proj_in(x)
+        """(B, C, T, S) -> proj_in(GN(h)) as tokens (B, T, S, C), GN over the whole clip."""
+        return self.proj_in(rearrange(self.norm_in(h), "b c t s -> b t s c"))
 
     def _seq(self, u: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, S, C) -> attention sequences: (B*T, S, C) per frame or (B, T*S, C)."""
@@ -103,15 +113,16 @@ class _BlockBase(nn.Module):
 class CMCPEBlock(_BlockBase):
     """Cross-modal conditioning as positional encoding."""
 
-    def __init__(self, channels: int, context_dim: int, heads: int = 8, depth: int = 1,
+    def __init__(self, channels: int, context_dim: int, head_dim: int = 8, depth: int = 1,
                  per_frame: bool = False, resample: str = "nearest", kernel: str = "auto"):
         super().__init__(channels, per_frame)
+        heads = heads_for(channels, head_dim)
         self.resample, self.kernel = resample, kernel
         self.norm_u = nn.LayerNorm(channels)
         self.embed = FeedForward(context_dim, dim_out=channels, activation_fn="geglu")
-        self.embed_norm = nn.GroupNorm(_groups(channels), channels)
+        self.embed_norm = nn.GroupNorm(_groups(channels), channels, eps=1e-6)
         self.cond_attn = Attention(channels, heads)
-        self.layers = nn.ModuleList(_Layer(channels, heads) for _ in range(depth))
+        self.layers = nn.ModuleList(_Layer(channels, heads, renorm=True) for _ in range(depth))
 
     def forward(self, h: torch.Tensor, p_other: torch.Tensor) -> torch.Tensor:
         dtype = self.proj_in.weight.dtype
@@ -131,9 +142,10 @@ class CMCPEBlock(_BlockBase):
 class CrossAttentionBlock(_BlockBase):
     """The cross-attention baseline: a transformer block attending to the other modality."""
 
-    def __init__(self, channels: int, context_dim: int, heads: int = 8, depth: int = 1,
+    def __init__(self, channels: int, context_dim: int, head_dim: int = 8, depth: int = 1,
                  per_frame: bool = False, pooled: bool = True):
         super().__init__(channels, per_frame)
+        heads = heads_for(channels, head_dim)
         self.pooled = pooled
         self.norm_u = nn.LayerNorm(channels)
         self.norm_x = nn.LayerNorm(channels)
@@ -158,10 +170,10 @@ class CrossAttentionBlock(_BlockBase):
         return self._out(h, seq)
 
 
-def make_block(mode: str, channels: int, context_dim: int, heads: int, depth: int, per_frame: bool,
+def make_block(mode: str, channels: int, context_dim: int, head_dim: int, depth: int, per_frame: bool,
                resample: str = "nearest", kernel: str = "auto") -> nn.Module:
     if mode == "cmcpe":
-        return CMCPEBlock(channels, context_dim, heads, depth, per_frame, resample, kernel)
+        return CMCPEBlock(channels, context_dim, head_dim, depth, per_frame, resample, kernel)
     if mode in ("xattn_pooled", "xattn_seq"):
-        return CrossAttentionBlock(channels, context_dim, heads, depth, per_frame, pooled=mode == "xattn_pooled")
+        return CrossAttentionBlock(channels, context_dim, head_dim, depth, per_frame, pooled=mode == "xattn_pooled")
     raise ValueError(f"unknown cross-modal block mode {mode!r}")

@@ -1,6 +1,14 @@
-"""Encode clips to latents and decode latents to frames and waveforms with the frozen bases."""
+"""Encode clips to latents and decode latents to frames and waveforms with the frozen bases.
+
+Encoding gives the VAE posterior (mean and standard deviation, both scaled by the VAE's scaling
+factor): training samples from it (METHOD.md step 5, as the reference does), conditional
+generation uses its mean. Audio latents keep the clip's own length (400 mel frames -> 100); the
+joint model pads them to the UNet's downsampling itself.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -15,10 +23,24 @@ def _scaling(vae) -> float:
 
 
 def audio_latent_frames(audio: AudioBase, data: DataConfig) -> int:
-    """Latent time length: mel frames / VAE scale, padded to the UNet's total downsampling."""
-    mult = audio.vae_scale * audio.unet_downsample
-    mel_frames = data.mel_frames + (-data.mel_frames) % mult
-    return mel_frames // audio.vae_scale
+    """Latent time length: mel frames / VAE scale (rounded up; 400 -> 100 for 4 s clips)."""
+    return -(-data.mel_frames // audio.vae_scale)
+
+
+@dataclass
+class Posterior:
+    """A diagonal Gaussian over scaled latents."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=torch.float32)
+        return (self.mean.float() + self.std.float() * eps).to(self.mean.dtype)
+
+
+def _posterior(dist, scaling: float) -> Posterior:
+    return Posterior(dist.mean * scaling, dist.std * scaling)
 
 
 def latent_shapes(audio: AudioBase, video: VideoBase, data: DataConfig, batch: int) -> tuple[tuple, tuple]:
@@ -30,24 +52,35 @@ def latent_shapes(audio: AudioBase, video: VideoBase, data: DataConfig, batch: i
 
 
 @torch.no_grad()
-def encode_audio(audio: AudioBase, wave: torch.Tensor, data: DataConfig) -> torch.Tensor:
-    """(B, N) waveform -> (B, Ca, T, F) scaled latents (posterior mode: deterministic)."""
+def audio_posterior(audio: AudioBase, wave: torch.Tensor, data: DataConfig) -> Posterior:
+    """(B, N) waveform -> posterior over (B, Ca, T, F) scaled latents."""
     mel = LogMel(data).to(wave.device)(wave)
-    mel = pad_frames(mel, audio.vae_scale * audio.unet_downsample)
+    mel = pad_frames(mel, audio.vae_scale)  # a whole number of latent frames (400 already is)
     vae = audio.vae
-    post = vae.encode(mel[:, None].to(vae.dtype)).latent_dist
-    return post.mode() * _scaling(vae)
+    return _posterior(vae.encode(mel[:, None].to(vae.dtype)).latent_dist, _scaling(vae))
 
 
 @torch.no_grad()
-def encode_video(video: VideoBase, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """(B, F, H, W, 3) uint8 frames -> (B, Cv, F, H/8, W/8) scaled latents, frame by frame."""
+def video_posterior(video: VideoBase, frames: torch.Tensor, chunk: int = 16) -> Posterior:
+    """(B, F, H, W, 3) uint8 frames -> posterior over (B, Cv, F, H/8, W/8) scaled latents,
+    frame by frame."""
     b = frames.shape[0]
     x = rearrange(frames, "b f h w c -> (b f) c h w").float() / 127.5 - 1.0
     vae = video.vae
-    lat = torch.cat([vae.encode(c.to(vae.dtype)).latent_dist.mode() for c in x.split(chunk)])
-    lat = lat * _scaling(vae)
-    return rearrange(lat, "(b f) c h w -> b c f h w", b=b)
+    dists = [vae.encode(c.to(vae.dtype)).latent_dist for c in x.split(chunk)]
+    s = _scaling(vae)
+    per_clip = lambda t: rearrange(torch.cat(t) * s, "(b f) c h w -> b c f h w", b=b)  # noqa: E731
+    return Posterior(per_clip([d.mean for d in dists]), per_clip([d.std for d in dists]))
+
+
+def encode_audio(audio: AudioBase, wave: torch.Tensor, data: DataConfig) -> torch.Tensor:
+    """(B, N) waveform -> (B, Ca, T, F) scaled latents, the posterior mean (deterministic)."""
+    return audio_posterior(audio, wave, data).mean
+
+
+def encode_video(video: VideoBase, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """(B, F, H, W, 3) uint8 frames -> (B, Cv, F, H/8, W/8) scaled latents, the posterior mean."""
+    return video_posterior(video, frames, chunk).mean
 
 
 @torch.no_grad()

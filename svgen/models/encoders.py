@@ -1,80 +1,223 @@
 """Environment encoders E_a, E_v and the pool-and-normalise step (METHOD.md, "Added modules" 1-2).
 
 Input: the noisy latent concatenated on channels with its latest clean estimate,
-[z_m ; x0_hat_m]; conditioned on the encoder's own timestep (not on text). Output: pooled
-features p_m (B, C_ctx, T_m), each channel divided by its L2 norm over time.
+[z_m ; x0_hat_m]. Widths follow the base UNet's first width m, as in the reference:
+
+    conv3x3 -> m/2, ResBlock -> 2m, [video: spatio-temporal block], stride-2 conv,
+    ResBlock -> 4m, [video: spatio-temporal block], GN-SiLU-conv3x3 -> C_ctx (1280)
+
+Each ResBlock's output conv starts at zero (the block starts as its skip path). The timestep
+embedding is the frozen base UNet's own, evaluated at the encoder's timestep by the caller (the
+joint model), so no embedding is trained here. Output: pooled features p_m (B, C_ctx, T_m), each
+channel divided by its L2 norm over time.
+
+The video path runs the convolutions per frame; its spatio-temporal blocks are the only place
+where each modality's timing is encoded before it crosses over: per-pixel attention along time
+with a learned continuous relative-position bias and a frame-time embedding, a token-shift GEGLU
+feed-forward and a frame-shift ResBlock. At the real widths (audio m = 192, video m = 320) the
+encoders have 21,037,472 and 100,299,695 parameters, as the reference's (tests/test_count.py).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from einops import rearrange
 
-from svgen.models.cmcpe import Attention, _groups
+from svgen.models.cmcpe import _groups
 
 
-class ResBlock(nn.Module):
-    """GN-SiLU-conv, + timestep embedding, GN-SiLU-conv, residual."""
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
 
-    def __init__(self, channels: int, temb_dim: int):
+
+class EnvResBlock(nn.Module):
+    """GN-SiLU-conv3x3 (in -> out), + Linear(SiLU(temb)), GN-SiLU-zero conv3x3; skip conv1x1
+    when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(channels), channels)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.temb = nn.Linear(temb_dim, channels)
-        self.norm2 = nn.GroupNorm(_groups(channels), channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        y = self.conv1(F.silu(self.norm1(x)))
-        y = y + self.temb(F.silu(temb))[:, :, None, None]
-        y = self.conv2(F.silu(self.norm2(y)))
-        return x + y
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+def _norm_eps(dtype: torch.dtype) -> float:
+    return 1e-5 if dtype == torch.float32 else 1e-3
+
+
+class GainNorm(nn.Module):
+    """Layer norm over ``dim`` with a gain and no bias (eps 1e-5 in fp32, 1e-3 in half types)."""
+
+    def __init__(self, channels: int, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+        self.g = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=self.dim, unbiased=False, keepdim=True)
+        shape = [1] * x.ndim
+        shape[self.dim] = -1
+        return (x - mean) * var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g.reshape(shape)
+
+
+class RelativePositionBias(nn.Module):
+    """A per-head additive attention bias from an MLP over the signed log distance between frames
+    (continuous position bias, arXiv 2111.09883): SiLU MLP of ``layers`` hidden layers."""
+
+    def __init__(self, hidden: int, heads: int, layers: int = 2):
+        super().__init__()
+        mlp: list[nn.Module] = [nn.Linear(1, hidden), nn.SiLU()]
+        for _ in range(layers - 1):
+            mlp += [nn.Linear(hidden, hidden), nn.SiLU()]
+        self.net = nn.Sequential(*mlp, nn.Linear(hidden, heads))
+
+    def forward(self, frames: int) -> torch.Tensor:
+        """(heads, frames, frames)."""
+        w = self.net[0].weight
+        pos = torch.arange(frames, device=w.device, dtype=torch.float32)
+        rel = pos[:, None] - pos[None, :]
+        rel = torch.sign(rel) * torch.log(rel.abs() + 1)
+        return rearrange(self.net(rel[..., None].to(w.dtype)), "i j h -> h i j")
+
+
+def frame_time_embedding(frames: int, fps: float, dim: int, device, dtype) -> torch.Tensor:
+    """(frames, dim) sinusoidal embedding of each frame's time k / fps in seconds (sin, cos)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    t = torch.arange(frames, device=device, dtype=torch.float32) / fps
+    args = t[:, None] * freqs[None]
+    emb = torch.cat([args.sin(), args.cos()], dim=-1)
+    return F.pad(emb, (0, dim - emb.shape[-1])).to(dtype)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention along time at each pixel: tokens (N, T, C) plus the frame-time embedding,
+    gain-only layer norm, ``heads`` heads of width C/4, relative-position bias, zero-init output."""
+
+    def __init__(self, dim: int, heads: int, fps: float):
+        super().__init__()
+        self.heads, self.fps = heads, fps
+        inner = heads * max(dim // 4, 1)
+        self.norm = GainNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = _zero(nn.Linear(inner, dim, bias=False))
+        self.rel_pos = RelativePositionBias(max(dim // 2, 1), heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        x = x + frame_time_embedding(t, self.fps, c, x.device, x.dtype)
+        x = self.norm(x)
+        q, k, v = (rearrange(y, "n t (h d) -> n h t d", h=self.heads) for y in (self.to_q(x), *self.to_kv(x).chunk(2, -1)))
+        bias = self.rel_pos(t).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.to_out(rearrange(out, "n h t d -> n t (h d)"))
+
+
+class TokenShiftFeedForward(nn.Module):
+    """GEGLU feed-forward (inner width 8/3 x C) over channels whose hidden half-channels are
+    shifted one frame forward in time, then channel norm (gain only) and projection."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        inner = int(dim * mult * 2 / 3)
+        self.proj_in = nn.Linear(dim, 2 * inner, bias=False)
+        self.norm = GainNorm(inner)
+        self.proj_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, H, W, C) -> same shape."""
+        h, gate = self.proj_in(x).float().chunk(2, dim=-1)
+        h = h * F.gelu(gate)
+        keep, shift = h.chunk(2, dim=-1)
+        shift = F.pad(shift, (0, 0, 0, 0, 0, 0, 1, -1))  # along T: frame k gets frame k-1 (zeros first)
+        h = torch.cat([keep, shift], dim=-1).to(x.dtype)
+        return self.proj_out(self.norm(h))
+
+
+def frame_shift(x: torch.Tensor, groups: int = 8) -> torch.Tensor:
+    """(B, C, T, H, W): channel group i (of ``groups``) delayed by i frames, zeros shifted in."""
+    parts = list(torch.tensor_split(x, groups, dim=1))
+    for i in range(1, len(parts)):
+        p = parts[i]
+        parts[i] = torch.cat([torch.zeros_like(p[:, :, :i]), p[:, :, :-i]], dim=2) if i < p.shape[2] else torch.zeros_like(p)
+    return torch.cat(parts, dim=1)
+
+
+class SpatioTemporalBlock(nn.Module):
+    """Video only, after each encoder ResBlock: temporal attention, token-shift feed-forward and a
+    frame-shift ResBlock (GN-SiLU-zero conv3x3 per frame, then channel groups shifted in time)."""
+
+    def __init__(self, dim: int, heads: int, fps: float):
+        super().__init__()
+        self.attn = TemporalAttention(dim, heads, fps)
+        self.ff = TokenShiftFeedForward(dim)
+        self.shift_norm = nn.GroupNorm(_groups(dim), dim)
+        self.shift_conv = _zero(nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, T, H, W) -> same shape."""
+        b, c, t, hh, ww = x.shape
+        seq = rearrange(x, "b c t h w -> (b h w) t c")
+        seq = seq + self.attn(seq)
+        y = rearrange(seq, "(b h w) t c -> b t h w c", b=b, h=hh, w=ww)
+        y = y + self.ff(y)
+        x = rearrange(y, "b t h w c -> b c t h w")
+        frames = rearrange(x, "b c t h w -> (b t) c h w")
+        h = self.shift_conv(F.silu(self.shift_norm(frames)))
+        return x + frame_shift(rearrange(h, "(b t) c h w -> b c t h w", b=b))
 
 
 class EnvironmentEncoder(nn.Module):
-    """conv3x3 -> ResBlock -> stride-2 down -> ResBlock -> GN-SiLU-conv to context width.
+    """Audio: input (B, 2C, T, F), time on axis 2. Video: input (B, 2C, T, H, W), convolutions per
+    frame (downsampling space only, all frames kept) and spatio-temporal blocks across frames."""
 
-    Audio: input (B, 2C, T, F), time on axis 2. Video: input (B, 2C, T, H, W); the conv net runs
-    per frame, followed by a light temporal attention over the pooled per-frame features.
-    """
-
-    def __init__(self, in_channels: int, channels: int, context_dim: int, video: bool, temporal_heads: int = 8):
+    def __init__(self, in_channels: int, base_width: int, context_dim: int, temb_dim: int, video: bool,
+                 fps: float = 8.0, temporal_heads: int = 8):
         super().__init__()
+        m = base_width
         self.video = video
-        temb_dim = 4 * channels
-        self.time_proj = Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embed = TimestepEmbedding(channels, temb_dim)
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        self.res1 = ResBlock(channels, temb_dim)
-        self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        self.res2 = ResBlock(channels, temb_dim)
-        self.norm_out = nn.GroupNorm(_groups(channels), channels)
-        self.conv_out = nn.Conv2d(channels, context_dim, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, max(m // 2, 1), 3, padding=1)
+        self.res1 = EnvResBlock(max(m // 2, 1), 2 * m, temb_dim)
+        self.down = nn.Conv2d(2 * m, 2 * m, 3, stride=2, padding=1)
+        self.res2 = EnvResBlock(2 * m, 4 * m, temb_dim)
+        self.norm_out = nn.GroupNorm(_groups(4 * m), 4 * m)
+        self.conv_out = nn.Conv2d(4 * m, context_dim, 3, padding=1)
         if video:
-            heads = temporal_heads if context_dim % temporal_heads == 0 else 1
-            self.temporal_norm = nn.LayerNorm(context_dim)
-            self.temporal_attn = Attention(context_dim, heads)
+            self.st1 = SpatioTemporalBlock(2 * m, temporal_heads, fps)
+            self.st2 = SpatioTemporalBlock(4 * m, temporal_heads, fps)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Returns pooled, normalised features p (B, C_ctx, T)."""
-        b = x.shape[0]
-        temb = self.time_embed(self.time_proj(timestep.reshape(-1).expand(b)).to(x.dtype))
-        if self.video:
-            t = x.shape[2]
-            x = x.permute(0, 2, 1, 3, 4).reshape(b * t, x.shape[1], *x.shape[3:])
-            temb = temb.repeat_interleave(t, dim=0)
-        y = self.res1(self.conv_in(x), temb)
-        y = self.res2(self.down(y), temb)
-        y = self.conv_out(F.silu(self.norm_out(y)))
-        if self.video:
-            p = y.mean(dim=(2, 3)).reshape(b, t, -1)                       # pool space, (B, T, C)
-            p = p + self.temporal_attn(self.temporal_norm(p))
-            p = p.transpose(1, 2)
-        else:
-            p = y.mean(dim=3)                                              # pool frequency, (B, C, T')
-        return normalize_over_time(p)
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """``temb``: (B, D) the frozen base UNet's timestep embedding at the encoder's timestep.
+        Returns pooled, normalised features p (B, C_ctx, T)."""
+        temb = temb.to(self.conv_in.weight.dtype)
+        if not self.video:
+            y = self.res2(self.down(self.res1(self.conv_in(x), temb)), temb)
+            y = self.conv_out(F.silu(self.norm_out(y)))
+            return normalize_over_time(y.mean(dim=3))                     # pool frequency: (B, C, T')
+        b, t = x.shape[0], x.shape[2]
+        per_frame = lambda y: rearrange(y, "b c t h w -> (b t) c h w")    # noqa: E731
+        per_clip = lambda y: rearrange(y, "(b t) c h w -> b c t h w", b=b)  # noqa: E731
+        temb = temb.repeat_interleave(t, dim=0)
+        y = self.st1(per_clip(self.res1(self.conv_in(per_frame(x)), temb)))
+        y = self.st2(per_clip(self.res2(self.down(per_frame(y)), temb)))
+        y = self.conv_out(F.silu(self.norm_out(per_frame(y))))
+        return normalize_over_time(per_clip(y).mean(dim=(3, 4)))         # pool space: (B, C, T)
 
 
 def normalize_over_time(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from svgen.config import ModelConfig
 from svgen.models.bases import AudioBase, VideoBase
@@ -44,6 +45,24 @@ class JointInputs:
     """(B,) video encoder timesteps."""
 
 
+def _to_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
+    """Inputs (and floating buffers, e.g. positional tables, which a parameter-only cast such as
+    DeepSpeed's bf16 leaves behind) in the dtype of the module's parameters."""
+    x = args[0]
+    module._input_dtype = x.dtype
+    dtype = next(module.parameters()).dtype
+    for sub in module.modules():
+        for key, buf in sub._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                sub._buffers[key] = buf.to(dtype)
+    return ((x.to(dtype),) + tuple(args[1:]), kwargs) if x.dtype != dtype else None
+
+
+def _back_to_input_dtype(module: nn.Module, args: tuple, output):
+    dtype = getattr(module, "_input_dtype", None)
+    return output.to(dtype) if torch.is_tensor(output) and dtype is not None and output.dtype != dtype else None
+
+
 class JointModel(nn.Module):
     """The trainable joint denoiser.
 
@@ -54,7 +73,7 @@ class JointModel(nn.Module):
     each rank keeps the frozen bases whole, in their own dtype, never gathered.
     """
 
-    def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig):
+    def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig, fps: float = 8.0):
         super().__init__()
         self.cfg = cfg
         self._bases = (audio.unet, video.unet)  # a tuple: nn.Module does not register it
@@ -71,8 +90,12 @@ class JointModel(nn.Module):
                 raise ValueError(f"model.cmcpe.{name} {bad} out of range: the UNets have {n} blocks (0..{n - 1})")
         e = cfg.encoder
         ca, cv = audio.latent_channels, video.latent_channels
-        self.encoder_a = EnvironmentEncoder(2 * ca, e.channels, e.context_dim, video=False)
-        self.encoder_v = EnvironmentEncoder(2 * cv, e.channels, e.context_dim, video=True,
+        # Audio latents are padded in time to the UNet's total downsampling (100 -> 104 frames).
+        self.audio_multiple = 2 ** audio.unet.num_upsamplers
+        self.encoder_a = EnvironmentEncoder(2 * ca, audio.unet.config.block_out_channels[0], e.context_dim,
+                                            self.audio_runner.time_embed_dim, video=False)
+        self.encoder_v = EnvironmentEncoder(2 * cv, video.unet.config.block_out_channels[0], e.context_dim,
+                                            self.video_runner.time_embed_dim, video=True, fps=fps,
                                             temporal_heads=e.temporal_heads)
         self.blocks_a = nn.ModuleDict()
         self.blocks_v = nn.ModuleDict()
@@ -81,7 +104,7 @@ class JointModel(nn.Module):
             points = [(f"down{i}", widths[i]) for i in c.down_blocks] + \
                      [(f"up{i}", widths[::-1][i]) for i in c.up_blocks]
             for key, width in points:
-                blocks[key] = make_block(c.mode, width, e.context_dim, c.heads, c.depth,
+                blocks[key] = make_block(c.mode, width, e.context_dim, c.head_dim, c.depth,
                                          per_frame=modality == "v", resample=c.resample, kernel=c.kernel)
         audio.unet.requires_grad_(False)
         video.unet.requires_grad_(False)
@@ -91,6 +114,12 @@ class JointModel(nn.Module):
             mm = [m for name, m in video.unet.named_modules() if name.endswith("motion_modules")]
             self.motion_modules = nn.ModuleList(mm)
             self.motion_modules.requires_grad_(True)
+            # Trained, they take the training precision (DeepSpeed bf16 casts what is registered)
+            # while the rest of the video UNet keeps the bases' dtype: cast at their boundary.
+            for blocks in mm:
+                for m in blocks:
+                    m.register_forward_pre_hook(_to_own_dtype, with_kwargs=True)
+                    m.register_forward_hook(_back_to_input_dtype)
 
     @property
     def audio_unet(self) -> nn.Module:
@@ -140,13 +169,25 @@ class JointModel(nn.Module):
         return self
 
     # ---------------------------------------------------------------------------------------
+    def pad_audio(self, z: torch.Tensor) -> torch.Tensor:
+        """Zeros appended in time up to the audio UNet's total downsampling (METHOD.md step 5)."""
+        extra = (-z.shape[2]) % self.audio_multiple
+        return F.pad(z, (0, 0, 0, extra)) if extra else z
+
     def forward(self, x: JointInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both UNet outputs (eps or v), run block by block in lockstep."""
-        p_a = self.encoder_a(x.enc_a.to(self.encoder_a.conv_in.weight.dtype), x.s_a)
-        p_v = self.encoder_v(x.enc_v.to(self.encoder_v.conv_in.weight.dtype), x.s_v)
+        """Both UNet outputs (eps or v), run block by block in lockstep.
+
+        Audio latents of any length: the noisy latent and the encoder input are padded with zeros
+        to the UNet's downsampling (as the reference pads after noising) and the audio output is
+        cropped back to the input's frames, so padding never reaches a loss or a sample."""
         ra, rv = self.audio_runner, self.video_runner
+        frames_a = x.z_a.shape[2]
+        temb_a = ra.time_embed(x.s_a, x.z_a.shape[0], x.z_a.device)
+        temb_v = rv.time_embed(x.s_v, x.z_v.shape[0], x.z_v.device)
+        p_a = self.encoder_a(self.pad_audio(x.enc_a).to(self.encoder_a.conv_in.weight.dtype), temb_a)
+        p_v = self.encoder_v(x.enc_v.to(self.encoder_v.conv_in.weight.dtype), temb_v)
         da, dv = self.audio_unet.dtype, self.video_unet.dtype
-        sa = ra.begin(x.z_a.to(da), x.t_a, x.text_a.to(da))
+        sa = ra.begin(self.pad_audio(x.z_a).to(da), x.t_a, x.text_a.to(da))
         sv = rv.begin(x.z_v.to(dv), x.t_v, x.text_v.to(dv))
         for i in range(ra.num_down):
             ra.down(sa, i)
@@ -158,7 +199,7 @@ class JointModel(nn.Module):
             ra.up(sa, i)
             rv.up(sv, i)
             self._cross(f"up{i}", sa, sv, p_a, p_v, replace_skip=False)
-        return ra.end(sa), rv.end(sv)
+        return ra.end(sa)[:, :, :frames_a], rv.end(sv)
 
     def _cross(self, key: str, sa, sv, p_a: torch.Tensor, p_v: torch.Tensor, replace_skip: bool) -> None:
         if key not in self.blocks_a:

@@ -28,6 +28,8 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
+from svgen.models.architectures import audio_unet_kwargs, video_kwargs
+
 TOKEN_LENGTH = 16  # tiny tokenizers' model_max_length
 
 
@@ -78,14 +80,15 @@ def save_roberta_tokenizer(path: Path) -> RobertaTokenizer:
 def _audio_unet(width: int, text_dim: int, full: bool) -> UNet2DConditionModel:
     """AudioLDM's UNet: self-attention blocks (cross_attention_dim = block width, no text
     sequence) and the CLAP embedding projected into the time embedding. ``full``: the
-    AudioLDM-m layout (base 192, multipliers 1-2-3-5, two layers per block, 32-channel heads)."""
-    w = (192, 384, 576, 960) if full else (width, width, 2 * width, 2 * width)
+    AudioLDM-m layout of svgen.models.architectures."""
+    if full:
+        return UNet2DConditionModel(**audio_unet_kwargs("audioldm-m-full"))
+    w = (width, width, 2 * width, 2 * width)
     return UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=8, block_out_channels=w, layers_per_block=2 if full else 1,
+        sample_size=32, in_channels=8, out_channels=8, block_out_channels=w, layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=w, attention_head_dim=tuple(c // 32 for c in w) if full else 8,
-        norm_num_groups=32 if full else 8,
+        cross_attention_dim=w, attention_head_dim=8, norm_num_groups=8,
         class_embed_type="simple_projection", projection_class_embeddings_input_dim=text_dim,
         class_embeddings_concat=True,
     )
@@ -93,18 +96,18 @@ def _audio_unet(width: int, text_dim: int, full: bool) -> UNet2DConditionModel:
 
 def _video_unet_and_adapter(width: int, text_dim: int, full: bool) -> tuple[UNet2DConditionModel, MotionAdapter]:
     """SD-1.5's UNet and an AnimateDiff motion adapter; ``full``: the real SD-1.5 / v1-5-2 layout."""
-    w = (320, 640, 1280, 1280) if full else (width, width, 2 * width, 2 * width)
-    groups = 32 if full else 8
+    if full:
+        unet_kw, adapter_kw = video_kwargs("sd15+animatediff-v1-5-2")
+        return UNet2DConditionModel(**unet_kw), MotionAdapter(**adapter_kw)
+    w = (width, width, 2 * width, 2 * width)
     unet = UNet2DConditionModel(
-        sample_size=64 if full else 8, in_channels=4, out_channels=4, block_out_channels=w,
-        layers_per_block=2 if full else 1,
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=w, layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=groups,
+        cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=8,
     )
-    adapter = MotionAdapter(block_out_channels=w, motion_layers_per_block=2 if full else 1,
-                            motion_norm_num_groups=groups, motion_num_attention_heads=8 if full else 2,
-                            motion_max_seq_length=32)
+    adapter = MotionAdapter(block_out_channels=w, motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=32)
     return unet, adapter
 
 

@@ -58,6 +58,29 @@ class UNetRunner:
         return len(self.unet.down_blocks)
 
     @property
+    def time_embed_dim(self) -> int:
+        """Width of the UNet's timestep embedding (4 x its first block width in SD and AudioLDM)."""
+        return self.unet.time_embedding.linear_2.out_features
+
+    @staticmethod
+    def _timesteps(timestep, batch: int, device: torch.device) -> torch.Tensor:
+        t = timestep
+        if not torch.is_tensor(t):
+            t = torch.tensor([t], dtype=torch.int64, device=device)
+        elif t.ndim == 0:
+            t = t[None].to(device)
+        return t.to(device).expand(batch)
+
+    def time_embed(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
+        """The UNet's own (frozen) timestep embedding alone: time projection + time-embedding MLP,
+        no class or text term. The environment encoders are conditioned on it (METHOD.md)."""
+        u = self.unet
+        t_emb = u.time_proj(self._timesteps(timestep, batch, device)).to(dtype=u.dtype)
+        emb = u.time_embedding(t_emb, None)
+        act = getattr(u, "time_embed_act", None)
+        return act(emb) if act is not None else emb
+
+    @property
     def num_up(self) -> int:
         return len(self.unet.up_blocks)
 
@@ -173,13 +196,7 @@ class VideoUNetRunner(UNetRunner):
         """``encoder_hidden_states``: (B, L, D) text context; repeated per frame here."""
         u = self.unet
         b, _, f = sample.shape[:3]
-        t = timestep
-        if not torch.is_tensor(t):
-            t = torch.tensor([t], dtype=torch.int64, device=sample.device)
-        elif t.ndim == 0:
-            t = t[None].to(sample.device)
-        t = t.expand(b)
-        t_emb = u.time_proj(t).to(dtype=u.dtype)
+        t_emb = u.time_proj(self._timesteps(timestep, b, sample.device)).to(dtype=u.dtype)
         emb = u.time_embedding(t_emb, None)
         emb = emb.repeat_interleave(f, dim=0)
         context = encoder_hidden_states.repeat_interleave(f, dim=0)

@@ -19,7 +19,7 @@ from svgen.config import Config, DataConfig, LossConfig, SampleConfig
 from svgen.data.latents import LatentBatch
 from svgen.diffusion.schedule import Schedule
 from svgen.models.bases import AudioBase, VideoBase, load_audio_base, load_video_base
-from svgen.models.codec import encode_audio, encode_video
+from svgen.models.codec import Posterior, audio_posterior, video_posterior
 from svgen.models.joint import JointModel
 from svgen.system.objective import joint_loss
 from svgen.system.sampler import Given, sample_latents
@@ -27,6 +27,8 @@ from svgen.system.sampler import Given, sample_latents
 __all__ = ["DTYPES", "Given", "JointSystem", "build_system"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE_FORMAT = "posterior-mean-std/unpadded-audio"
+"""What a cached latent holds; part of the encoder fingerprint, so an older cache is refused."""
 
 
 @dataclass
@@ -57,19 +59,28 @@ class JointSystem:
         return self.audio.encode_text(prompts), self.video.encode_text(prompts)
 
     @torch.no_grad()
-    def encode(self, batch: dict, data: DataConfig) -> LatentBatch:
-        """A raw clip batch (frames, waveforms, captions) -> latents from the frozen VAEs and
-        text encoders."""
+    def encode_posteriors(self, batch: dict, data: DataConfig
+                          ) -> tuple[Posterior, Posterior, torch.Tensor, torch.Tensor]:
+        """A raw clip batch (frames, waveforms, captions) -> the frozen VAEs' posteriors over the
+        audio and video latents, and the text embeddings."""
         dev = self.device
         text_a, text_v = self.encode_text(batch["caption"])
-        return LatentBatch(encode_audio(self.audio, batch["wave"].to(dev), data),
-                           encode_video(self.video, batch["frames"].to(dev)), text_a, text_v)
+        return (audio_posterior(self.audio, batch["wave"].to(dev), data),
+                video_posterior(self.video, batch["frames"].to(dev)), text_a, text_v)
+
+    @torch.no_grad()
+    def encode(self, batch: dict, data: DataConfig, generator: torch.Generator | None = None) -> LatentBatch:
+        """A raw clip batch -> training latents, drawn from the VAE posteriors (METHOD.md step 5)."""
+        post_a, post_v, text_a, text_v = self.encode_posteriors(batch, data)
+        return LatentBatch(post_a.sample(generator), post_v.sample(generator), text_a, text_v)
 
     def encoder_fingerprint(self, data: DataConfig) -> str:
         """Hash of everything a cached latent depends on: the frozen VAEs' and text encoders'
         weights and the clip/feature settings. A cache made with other encoders or settings is stale."""
         keys = ("seconds", "fps", "size", "sample_rate", "n_mels", "hop_length", "win_length", "fmax")
-        h = hashlib.sha1(json.dumps({k: getattr(data, k) for k in keys}, sort_keys=True).encode())
+        # The cache format is part of it: caches from before the posterior was stored are stale.
+        settings = {"cache_format": CACHE_FORMAT, **{k: getattr(data, k) for k in keys}}
+        h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
         for module in (self.audio.vae, self.audio.text_encoder, self.video.vae, self.video.text_encoder):
             for name, t in sorted(module.state_dict().items()):
                 h.update(name.encode())
@@ -99,7 +110,7 @@ def build_system(cfg: Config, seed: int | None = None) -> JointSystem:
     audio = load_audio_base(cfg.model.audio.path, dtype)
     video = load_video_base(cfg.model.video.path, cfg.model.video.motion_adapter_path, dtype)
     torch.manual_seed(cfg.train.seed if seed is None else seed)
-    model = JointModel(audio, video, cfg.model)
+    model = JointModel(audio, video, cfg.model, fps=cfg.data.fps)
     empty_a, empty_v = audio.encode_text([""]), video.encode_text([""])
     return JointSystem(audio, video, model, Schedule(cfg.model.audio.schedule), Schedule(cfg.model.video.schedule),
                        empty_a[0], empty_v[0])

@@ -81,7 +81,7 @@ def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Ten
     eps_v = _randn(shape_v, generator, dev) if given_v is not None else None
     step_gen = generator[0] if isinstance(generator, (list, tuple)) else generator
     x0_a, x0_v = torch.zeros_like(z_a), torch.zeros_like(z_v)
-    grid_a, grid_v = adjusted_grids(cfg.steps, cfg.gamma, sched_a.num_train_timesteps)
+    grid_a, grid_v = adjusted_grids(cfg.steps, cfg.gamma, sched_a.cfg, sched_v.cfg)
     b = shape_a[0]
     guided = cfg.guidance_audio != 1.0 or cfg.guidance_video != 1.0
     if guided:

@@ -19,10 +19,11 @@ from svgen.models.joint import JointModel
 
 def deepspeed_config(t: TrainConfig, world_size: int) -> dict:
     """Micro batch, accumulation and global batch from one source of truth (train.*)."""
+    accum = t.accumulation(world_size)
     ds = {
         "train_micro_batch_size_per_gpu": t.batch_size,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.batch_size * t.grad_accum * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": t.batch_size * accum * world_size,
         "gradient_clipping": t.optim.grad_clip if t.optim.grad_clip > 0 else 0.0,
         "zero_optimization": {"stage": t.parallel.zero_stage},
         "bf16": {"enabled": t.parallel.precision == "bf16"},

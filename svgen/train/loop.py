@@ -96,8 +96,9 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     engine, _, sched = build_engine(system.model, t, info.world_size)
     system.model = engine.module
     named = dict(engine.module.named_parameters())
-    with gathered(engine, named.values()):
-        ema = EMA(named, t.ema_decay) if t.ema_decay > 0 else None
+    averaged = {n: p for n, p in named.items() if t.ema_motion_modules or not n.startswith("motion_modules.")}
+    with gathered(engine, averaged.values()):
+        ema = EMA(averaged, t.ema_decay) if t.ema_decay > 0 else None
     ckpt = Checkpointer(out_dir, info.rank, t.ckpt.keep_last)
     gen = torch.Generator(device=info.device).manual_seed(t.seed * 1000 + info.rank)  # noise differs per rank
 
@@ -116,16 +117,18 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     stop = _StopFlag()
     started, steps_here, last_log = state.step, 0, time.perf_counter()
     wait = compute = 0.0
-    samples_per_step = t.batch_size * t.grad_accum * info.world_size
+    accum = t.accumulation(info.world_size)  # from train.global_batch when set (the paper: 16)
+    samples_per_step = t.batch_size * accum * info.world_size
     engine.train()
     reason = "finished"
     while state.step < t.steps:
         parts: dict[str, torch.Tensor] = {}
-        for _ in range(t.grad_accum):
+        for _ in range(accum):
             t0 = time.perf_counter()
             raw = next(batches)
             t1 = time.perf_counter()
-            batch = from_cached(raw, info.device) if t.source.cached_latents else system.encode(raw, cfg.data)
+            batch = (from_cached(raw, info.device, gen) if t.source.cached_latents
+                     else system.encode(raw, cfg.data, gen))
             loss, metrics = system.loss(batch, t.loss, generator=gen, model=engine,
                                         skip_unused_pass=t.parallel.zero_stage < 3)
             engine.backward(loss)
@@ -133,12 +136,12 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             wait += t1 - t0
             compute += time.perf_counter() - t1
             for k, v in metrics.items():  # tensors: no host sync until a log step reads them
-                parts[k] = parts.get(k, 0.0) + v / t.grad_accum
+                parts[k] = parts.get(k, 0.0) + v / accum
         state.step += 1
         steps_here += 1
         if ema is not None:
-            with gathered(engine, named.values()):
-                ema.update(named)
+            with gathered(engine, averaged.values()):
+                ema.update(averaged)
         if state.step % t.log_every == 0 or state.step == t.steps:
             now = time.perf_counter()
             gn = engine.get_global_grad_norm()
@@ -170,6 +173,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
     if check_frozen:
         result.update(frozen_before=frozen_before, frozen_after=frozen_digest(system.model))
     weights = trained_state_dict(engine)
+    ema_weights = ema.merged(weights) if ema is not None else None  # averaged where tracked
     if step >= t.steps:
         sample = validate(system, step)
         if info.is_main:
@@ -177,7 +181,7 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
             result["weights"] = str(export_weights(out_dir / "export" / "trained.safetensors", weights, meta))
             if ema is not None:
                 result["ema_weights"] = str(export_weights(out_dir / "export" / "trained_ema.safetensors",
-                                                           ema.state_dict()["shadow"], meta))
+                                                           ema_weights, meta))
             result["sample"] = str(sample)
     if info.is_main:
         write_json(out_dir / "train_result.json", result, indent=2)
