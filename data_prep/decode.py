@@ -22,6 +22,10 @@ from data_prep.windows import Window, plan_windows
 from svgen.config import DataConfig, PrepConfig
 
 
+MAX_UNCOVERED = 0.005
+"""Seconds of a window's audio that may lack decoded samples (rounding at stream edges)."""
+
+
 class DecodeError(ValueError):
     """An input yields no clip; the message names the input, the stage and why."""
 
@@ -46,10 +50,10 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
     if not windows:
         return
     span0, span1 = windows[0].start, windows[-1].end
-    wave_all = None
+    audio = None
     if p.has_audio:
         try:
-            wave_all = decode_audio_span(p.path, span0, span1, data.sample_rate)
+            audio = decode_audio_span(p.path, span0, span1, data.sample_rate)
         except (av.error.FFmpegError, ValueError, RuntimeError) as e:
             yield from _window_errors(p, windows, "decode_audio", e)
             return
@@ -82,9 +86,17 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
         except Exception as e:  # noqa: BLE001 - decord raises its own error types mid-file
             yield next(_window_errors(p, [w], "decode_video", e))
             continue
-        if wave_all is not None:
+        if audio is not None:
             a0 = int(round((w.start - span0) * data.sample_rate))
-            wave = wave_all[a0:a0 + data.num_samples]
+            wave = audio.wave[a0:a0 + data.num_samples]
+            covered = audio.covered[a0:a0 + data.num_samples]
+            missing = data.num_samples - int(covered.sum())
+            if missing > MAX_UNCOVERED * data.sample_rate:
+                yield next(_window_errors(p, [w], "decode_audio",
+                                          f"audio missing or undecodable for {missing / data.sample_rate:.3f}s of the "
+                                          f"window (of {data.seconds:g}s): corrupted or truncated audio data, or a gap "
+                                          f"in the stream; the window is skipped rather than padded with silence"))
+                continue
             wave = np.pad(wave, (0, data.num_samples - len(wave)))
         else:
             wave = np.zeros(data.num_samples, np.float32)

@@ -219,8 +219,11 @@ class PrepConfig:
     """Also store the log-mel spectrogram of each clip."""
     extensions: list[str] = field(default_factory=lambda: [".mp4", ".mov", ".avi", ".mkv", ".webm", ".ogg", ".ogv"])
     """File extensions picked up when the input is a folder."""
-    video_backend: Literal["auto", "decord", "pyav"] = "auto"
-    """Frame decoder: 'auto' uses decord where it reports valid timestamps, else PyAV."""
+    video_backend: Literal["auto", "decord", "pyav"] = "pyav"
+    """Frame decoder: 'pyav' (one pass per input, honours the stream's start time and display
+    rotation, flat memory); 'decord' (random access; it ignores a late-starting video stream's
+    offset, applies rotation itself and fails on some small frames); 'auto' uses decord where it
+    reports valid timestamps, else PyAV."""
     workers: int = 0
     """Parallel Ray tasks; 0 uses every CPU Ray sees."""
     max_retries: int = 2

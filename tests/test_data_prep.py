@@ -262,3 +262,115 @@ def test_shards_decode_without_pickle(tmp_path):
     sample["video.npy"] = buf.getvalue()
     with pytest.raises(ValueError, match="pickle"):
         decode_sample(sample)
+
+
+def _rms_envelope(x: np.ndarray, hop: int = 160) -> np.ndarray:
+    return np.sqrt(np.mean(x[: len(x) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+
+
+def test_ogg_vorbis_audio_is_decoded_whole_not_scattered():
+    """The Theora/Vorbis twin of movie-hello carries thousands of empty packets and timestamps that
+    do not advance with the samples. Its audio must come out whole (no stretches of exact zeros)
+    and match its .avi twin's loudness contour. (The two files themselves are offset by about
+    100 ms: ffmpeg's own decoding of each shows the same lag, and ours of the .ogg equals ffmpeg's.)"""
+    from data_prep.audio import decode_audio_span
+
+    ogg = decode_audio_span(str(MEDIA / "video" / "02_forensics_movie-hello.ogg"), 0.5, 8.0, 16000)
+    avi = decode_audio_span(str(MEDIA / "video" / "02_forensics_movie-hello.avi"), 0.5, 8.0, 16000)
+    assert ogg.covered.all() and np.mean(ogg.wave == 0) < 0.01      # was 35-79 % exact zeros
+    ea, eb = _rms_envelope(ogg.wave), _rms_envelope(avi.wave)
+
+    def corr(lag: int) -> float:
+        x, y = ea[max(0, lag):len(ea) + min(0, lag)], eb[max(0, -lag):len(eb) - max(0, lag)]
+        return float(np.corrcoef(x, y)[0, 1])
+
+    best = max(range(-15, 16), key=corr)                           # +-150 ms in 10 ms steps
+    assert corr(best) > 0.95, (best, corr(best))
+
+
+def _write_gappy_audio(path, gap=(1.0, 2.0), duration=3.0, sr=16000, fps=8):
+    """Video over [0, duration); AAC audio over [0, duration) except a silent-free gap in time
+    (no packets at all between gap[0] and gap[1])."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width = vs.height = 32
+        vs.pix_fmt = "yuv420p"
+        as_ = out.add_stream("aac", rate=sr)
+        as_.layout = "mono"
+        for k in range(int(duration * fps)):
+            fr = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * (k % 20), np.uint8), format="rgb24")
+            fr.pts, fr.time_base = k, Fraction(1, fps)
+            out.mux(vs.encode(fr))
+        out.mux(vs.encode())
+        t = np.arange(1024) / sr
+        for s in range(0, int(duration * sr), 1024):
+            if gap[0] * sr <= s < gap[1] * sr:
+                continue
+            chunk = (0.3 * np.sin(2 * np.pi * 440 * (t + s / sr))).astype(np.float32)[None]
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+            out.mux(as_.encode(af))
+        out.mux(as_.encode())
+    return path
+
+
+def test_a_window_without_its_audio_becomes_an_error_record_not_silence(tmp_path):
+    path = _write_gappy_audio(tmp_path / "gap.mp4", gap=(1.0, 1.98))  # 1024-sample frames: audio resumes at 1.984 s
+    cfg = _cfg()                                        # 1 s windows at 0, 1, 2 s
+    p, err = probe(str(path))
+    assert err is None, err
+    windows, err = plan_windows(p, cfg.data, cfg.prep)
+    assert err is None and len(windows) == 3
+    results = list(decode_clips(p, windows, cfg.data, cfg.prep))
+    good = [c for c, e in results if c is not None]
+    bad = [e for c, e in results if e is not None]
+    assert [c.meta["window"] for c in good] == [0, 2]
+    assert len(bad) == 1 and bad[0].stage == "decode_audio" and "window 1 at 1.000s" in bad[0].message
+    assert "skipped rather than padded with silence" in bad[0].message
+    for c in good:                                      # the windows that are kept are whole
+        assert np.mean(np.abs(c.wave) < 1e-4) < 0.05
+
+
+def test_surround_downmix_drops_the_lfe_and_weights_centre_and_surrounds():
+    from data_prep.audio import channel_weights
+
+    names = ["FL", "FR", "FC", "LFE", "BL", "BR"]
+    w = channel_weights(names)
+    side = 2 ** -0.5
+    assert w[names.index("LFE")] == 0 and w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(1 / (2 + 3 * side)) and w[2] == pytest.approx(side / (2 + 3 * side))
+    assert channel_weights(["FL", "FR"]).tolist() == [0.5, 0.5]    # stereo: the plain mean, as before
+    assert channel_weights(["FC"]).tolist() == [1.0]
+
+
+def test_a_5_1_file_decodes_with_the_standard_downmix(tmp_path):
+    """A 5.1 WAV with a tone in the LFE only decodes to silence; one in the centre to 1/sqrt(2)
+    of the front weight."""
+    import av
+    from fractions import Fraction
+
+    from data_prep.audio import decode_audio_span
+
+    def write(path, channel):
+        sr = 16000
+        with av.open(str(path), "w", format="wav") as out:
+            st = out.add_stream("pcm_s16le", rate=sr, layout="5.1")
+            for s in range(0, sr, 1024):
+                x = np.zeros((1, 1024 * 6), np.int16)
+                tone = (8000 * np.sin(2 * np.pi * 300 * (np.arange(1024) + s) / sr)).astype(np.int16)
+                x[0, channel::6] = tone
+                af = av.AudioFrame.from_ndarray(x, format="s16", layout="5.1")
+                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+                out.mux(st.encode(af))
+            out.mux(st.encode())
+        return path
+
+    lfe = decode_audio_span(str(write(tmp_path / "lfe.wav", 3)), 0.1, 0.9, 16000)
+    front = decode_audio_span(str(write(tmp_path / "fl.wav", 0)), 0.1, 0.9, 16000)
+    centre = decode_audio_span(str(write(tmp_path / "fc.wav", 2)), 0.1, 0.9, 16000)
+    assert np.abs(lfe.wave).max() < 1e-4
+    ratio = np.sqrt(np.mean(centre.wave ** 2) / np.mean(front.wave ** 2))
+    assert ratio == pytest.approx(2 ** -0.5, rel=0.02)

@@ -104,7 +104,7 @@ def test_real_clips_match_librosa_and_opencv_called_directly(name):
 
 
 def test_dual_discs_click():
-    wave = decode_audio_span(str(ROOT.parent / "shared" / "media" / "video" / "07_psychtoolbox_DualDiscs.mov"), 0.0, 2.5, SR)
+    wave = decode_audio_span(str(ROOT.parent / "shared" / "media" / "video" / "07_psychtoolbox_DualDiscs.mov"), 0.0, 2.5, SR).wave
     onsets = audio_onsets(wave, SR)
     assert len(onsets) >= 1 and np.min(np.abs(onsets - 1.43)) < 0.06
 
