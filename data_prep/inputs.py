@@ -1,4 +1,5 @@
-"""Input discovery: a folder (recursive, by extension), a CSV or JSONL manifest
+"""Input discovery: a folder (recursive: every regular file is an input, and probe decides what is
+media; ``prep.extensions`` narrows it when set), a CSV or JSONL manifest
 (path, optional caption, optional start/end in seconds), or a GreatestHits-style list file
 (one ``path,caption`` CSV record per line, no header; captions with commas are quoted)."""
 
@@ -35,8 +36,11 @@ def _num(v) -> float | None:
 def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
     src = Path(source)
     if src.is_dir():
+        # Every file, dangling links included: each yields clips or an error record saying why
+        # not, so the summary accounts for every file in the folder.
         exts = {e.lower() for e in extensions}
-        paths = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        paths = sorted(p for p in src.rglob("*") if (p.is_file() or p.is_symlink()) and not p.is_dir()
+                       and (not exts or p.suffix.lower() in exts))
         items = [InputItem(i, str(p)) for i, p in enumerate(paths)]
     elif src.is_file() and src.suffix.lower() == ".csv":
         with open(src, newline="") as f:
@@ -79,5 +83,6 @@ def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
     else:
         raise InputError(f"input '{src}' is not a folder, .csv, .jsonl or .txt list")
     if not items:
-        raise InputError(f"input '{src}' holds no videos (extensions searched: {', '.join(extensions)})")
+        what = f"files with extensions {', '.join(extensions)}" if extensions else "files"
+        raise InputError(f"input '{src}' holds no {what}")
     return items

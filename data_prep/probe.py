@@ -66,7 +66,9 @@ def _stream_span(container, stream) -> tuple[float, float] | None:
 def probe(path: str) -> tuple[Probe | None, dict | None]:
     """Streams, spans, fps, size and rotation of one input, read from its packets."""
     if not os.path.isfile(path):
-        return None, ErrorRecord(path, "probe", "not a readable file" if os.path.exists(path) else "file does not exist")
+        why = ("dangling symbolic link (its target does not exist)" if os.path.islink(path) and not os.path.exists(path)
+               else "not a readable file" if os.path.exists(path) else "file does not exist")
+        return None, ErrorRecord(path, "probe", why)
     if os.path.getsize(path) == 0:
         return None, ErrorRecord(path, "probe", "zero-length file")
     try:
@@ -85,7 +87,7 @@ def probe(path: str) -> tuple[Probe | None, dict | None]:
                 sr, ch, acodec = a.codec_context.sample_rate, a.codec_context.channels, a.codec_context.name
                 aspan = _stream_span(c, a)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        return None, ErrorRecord(path, "probe", f"unreadable container: {e}")
+        return None, ErrorRecord(path, "probe", f"not a media file (FFmpeg cannot read it as a container: {e})")
     if vspan is None or vspan[1] <= vspan[0]:
         return None, ErrorRecord(path, "probe", "video stream has no frames")
     if rotation is None:

@@ -70,11 +70,12 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
     todo = [k for k in shards if not is_finished(out, k)]
     skipped = len(shards) - len(todo)
     failed: dict[int, str] = {}
+    clips = 0
     if todo:
         ray = _init_ray(address, cfg.prep.workers)
         task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
         limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
-        pending, queue, clips = {}, list(todo), 0
+        pending, queue = {}, list(todo)
         bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
         while queue or pending:
             while queue and len(pending) < limit:
@@ -90,11 +91,27 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
                 bar.update(1)
                 bar.set_postfix(clips=clips, failed=len(failed))
         bar.close()
-    return finalize(out, shards, failed, skipped, time.time() - t0)
+    remove_stale_temporaries(out, before=t0)
+    return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips)
+
+
+def remove_stale_temporaries(out: Path, before: float) -> list[Path]:
+    """Delete hidden temporary files (``.NAME.PID.RANDOM.tmp``) that a killed earlier run left in
+    ``out``: those last written before this run started. A writer still running (an orphaned task
+    of a killed driver) keeps touching its file, so it is left alone."""
+    removed = []
+    for p in out.glob(".*.tmp"):
+        try:
+            if p.is_file() and p.stat().st_mtime < before:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # renamed into place or removed meanwhile
+            continue
+    return removed
 
 
 def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, str], skipped: int,
-             seconds: float) -> dict:
+             seconds: float, clips_this_run: int = 0) -> dict:
     """Rebuild manifest, errors and summary from every shard's stats: nothing is counted twice
     and nothing is lost, however many runs it took."""
     manifest, errors, clips, media, clip_sec, by_stage = [], [], 0, 0.0, 0.0, {}
@@ -127,7 +144,9 @@ def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, st
         "errors_by_stage": by_stage, "shards": len(shards), "shards_skipped": skipped,
         "shards_failed": sorted(shard_name(k) for k in failed),
         "media_hours": media / 3600, "clip_hours": clip_sec / 3600, "seconds": seconds,
-        "clips_per_second": clips / seconds if seconds > 0 else 0.0,
+        "clips_written_this_run": clips_this_run,
+        # The rate of the work done in this run: shards finished earlier took no time now.
+        "clips_per_second": clips_this_run / seconds if seconds > 0 else 0.0,
     }
     write_json(out / "summary.json", summary)
     return summary
@@ -138,8 +157,9 @@ def report(summary: dict, out: str) -> str:
     lines = [
         f"data prep: {s['inputs']} inputs -> {s['clips_written']} clips in {s['shards']} shards "
         f"({s['shards_skipped']} already done) under {out}",
-        f"  media {s['media_hours']:.3f} h probed, {s['clip_hours']:.3f} h of clips; "
-        f"{s['seconds']:.1f}s, {s['clips_per_second']:.2f} clips/s",
+        f"  media {s['media_hours']:.3f} h probed, {s['clip_hours']:.3f} h of clips; this run wrote "
+        f"{s.get('clips_written_this_run', s['clips_written'])} clips in {s['seconds']:.1f}s "
+        f"({s['clips_per_second']:.2f} clips/s)",
         f"  errors: {s['errors']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(s["errors_by_stage"].items())) + ")"
                                       if s["errors"] else ""),
         f"  manifest: {out}/manifest.jsonl  errors: {out}/errors.jsonl  summary: {out}/summary.json",

@@ -217,8 +217,9 @@ class PrepConfig:
     """A video without an audio stream: record an error ('skip') or write silent clips."""
     mel: bool = True
     """Also store the log-mel spectrogram of each clip."""
-    extensions: list[str] = field(default_factory=lambda: [".mp4", ".mov", ".avi", ".mkv", ".webm", ".ogg", ".ogv"])
-    """File extensions picked up when the input is a folder."""
+    extensions: list[str] = field(default_factory=list)
+    """Only these file extensions when the input is a folder (e.g. ['.mp4', '.mkv']); empty: every
+    file is an input, probe decides what is media, and the rest get error records."""
     video_backend: Literal["auto", "decord", "pyav"] = "pyav"
     """Frame decoder: 'pyav' (one pass per input, honours the stream's start time and display
     rotation, flat memory); 'decord' (random access; it ignores a late-starting video stream's

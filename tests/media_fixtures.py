@@ -12,13 +12,16 @@ import numpy as np
 
 def write_flash_click(path: Path, events: list[float], duration: float = 3.0, frame_times: list[float] | None = None,
                       audio_start: float = 0.0, audio: bool = True, video: bool = True, size: int = 64,
-                      sample_rate: int = 22050, fps: int = 25, hold: float = 0.15) -> Path:
-    """Video frames at ``frame_times`` (default: every 1/fps), white from each event time for
-    ``hold`` seconds and black otherwise; a 3 ms click at each event time in the audio, whose
-    stream starts at ``audio_start`` seconds (its first sample sits at that pts)."""
+                      sample_rate: int = 22050, fps: int = 25, hold: float = 0.15, video_start: float = 0.0) -> Path:
+    """Video frames at ``frame_times`` (default: every 1/fps from ``video_start``), white from each
+    event time for ``hold`` seconds and black otherwise; a 3 ms click at each event time in the
+    audio, whose stream starts at ``audio_start`` seconds (its first sample sits at that pts).
+    Event times are on the shared presentation timeline. The container follows the suffix
+    (.mkv: Matroska, else MP4)."""
     if frame_times is None:
-        frame_times = [round(k / fps, 6) for k in range(int(duration * fps))]
-    with av.open(str(path), "w", format="mp4") as out:
+        frame_times = [round(video_start + k / fps, 6) for k in range(int((duration - video_start) * fps))]
+    fmt = "matroska" if Path(path).suffix == ".mkv" else "mp4"
+    with av.open(str(path), "w", format=fmt) as out:
         if video:
             vs = out.add_stream("libx264", rate=1000)
             vs.width = vs.height = size

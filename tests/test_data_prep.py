@@ -78,6 +78,18 @@ def test_flash_and_click_stay_within_one_frame(tmp_path, kind):
     _assert_in_sync(clips, cfg.data.fps, cfg.data.sample_rate, EVENTS)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_late_video_stream_keeps_flash_and_beep_on_one_frame(tmp_path, suffix):
+    """The video stream starts 0.2 s after the audio (audio starts first): with the default
+    decoder the flash still lands on the frame of its click, in MP4 and in Matroska."""
+    cfg = _cfg("prep.stride=0.5")
+    path = write_flash_click(tmp_path / f"late{suffix}", EVENTS, video_start=0.2)
+    p, clips = _clips(path, cfg)
+    assert p.video_start == pytest.approx(0.2, abs=0.02) and p.audio_start == pytest.approx(0.0, abs=0.06)
+    assert all(c.meta["video_backend"] == "pyav" for c in clips)
+    _assert_in_sync(clips, cfg.data.fps, cfg.data.sample_rate, EVENTS)
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_backends_agree(tmp_path, backend):
     path = write_flash_click(tmp_path / "b.mp4", EVENTS)
@@ -374,3 +386,83 @@ def test_a_5_1_file_decodes_with_the_standard_downmix(tmp_path):
     assert np.abs(lfe.wave).max() < 1e-4
     ratio = np.sqrt(np.mean(centre.wave ** 2) / np.mean(front.wave ** 2))
     assert ratio == pytest.approx(2 ** -0.5, rel=0.02)
+
+
+def _write_mpeg_ps(path, seconds=2.5, fps=25, sr=44100):
+    """An MPEG-1 program stream (.mpeg): mpeg1video + mp2 audio, a click at 1.0 s."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="mpeg") as out:
+        vs = out.add_stream("mpeg1video", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 64, 64, "yuv420p"
+        as_ = out.add_stream("mp2", rate=sr)
+        as_.layout = "mono"
+        for k in range(int(seconds * fps)):
+            fr = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 255 if 1.0 <= k / fps < 1.2 else 0, np.uint8), format="rgb24")
+            fr.pts, fr.time_base = k, Fraction(1, fps)
+            out.mux(vs.encode(fr))
+        out.mux(vs.encode())
+        wave = np.zeros(int(seconds * sr), np.float32)
+        wave[sr: sr + 200] = 0.8
+        for s in range(0, len(wave), 1152):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[s:s + 1152][None]), format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+            out.mux(as_.encode(af))
+        out.mux(as_.encode())
+    return path
+
+
+@pytest.mark.multiprocess
+def test_every_file_of_a_folder_is_accounted_for(tmp_path):
+    """Probe, not the extension, decides what is media: every regular file of a folder input yields
+    clips or an error record with its reason, and the summary's inputs equal the files."""
+    import av
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_flash_click(src / "good.mp4", EVENTS)
+    _write_mpeg_ps(src / "program.mpeg")
+    with av.open(str(src / "speech.m4a"), "w", format="mp4") as out:   # audio only
+        st = out.add_stream("aac", rate=16000)
+        st.layout = "mono"
+        for s in range(0, 16000, 1024):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, s
+            out.mux(st.encode(af))
+        out.mux(st.encode())
+    (src / "notes.mp4").write_text("this is a text file with a video extension\n")
+    (src / "empty.mov").write_bytes(b"")
+    (src / "sub").mkdir()
+    shutil.copy(MEDIA / "audio" / "perc_snap.flac", src / "sub" / "snap.wav")
+    os.symlink(src / "gone.mp4", src / "dangling.mp4")
+    files = [p for p in src.rglob("*") if p.is_file() or p.is_symlink()]
+    assert len(files) == 7
+    out = tmp_path / "out"
+    summary = run(str(src), str(out), _cfg(), progress=False)
+    assert summary["inputs"] == len(files)
+    errors = {Path(e["input"]).name: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    manifest = {Path(m["input"]).name: m for m in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert set(manifest) == {p.name for p in files}
+    for name, m in manifest.items():
+        assert m["clips"] or name in errors, name
+    assert manifest["good.mp4"]["clips"] and manifest["program.mpeg"]["clips"]
+    assert "no video stream" in errors["speech.m4a"]["message"] and "no video stream" in errors["snap.wav"]["message"]
+    assert "not a media file" in errors["notes.mp4"]["message"]
+    assert "zero-length" in errors["empty.mov"]["message"]
+    assert "dangling symbolic link" in errors["dangling.mp4"]["message"]
+    assert summary["clips_written_this_run"] == summary["clips_written"] > 0
+
+    # A re-run does no work and says so (no made-up rate), and clears temporaries that a killed
+    # earlier run left behind, but not one still being written.
+    stale, live = out / ".shard-000009.tar.123.abcd.tmp", out / ".shard-000010.tar.456.ef01.tmp"
+    stale.write_bytes(b"x" * 10)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    again = run(str(src), str(out), _cfg(), progress=False)
+    assert again["clips_written_this_run"] == 0 and again["clips_per_second"] == 0.0
+    assert again["shards_skipped"] == again["shards"] and again["clips_written"] == summary["clips_written"]
+    assert not stale.exists()
+    live.write_bytes(b"y")
+    os.utime(live, (time.time() + 60, time.time() + 60))  # touched after the run started
+    run(str(src), str(out), _cfg(), progress=False)
+    assert live.exists()  # a writer may still own it
