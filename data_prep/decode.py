@@ -37,6 +37,16 @@ class Clip:
     meta: dict = field(default_factory=dict)
 
 
+def _damage(times: list[float]) -> str:
+    where = ", ".join(f"{t:.3f}s" for t in sorted(set(round(t, 3) for t in times))[:5])
+    return (f"corrupted or truncated video data near {where}: the decoder could not read part of this window, "
+            "which is skipped rather than kept with stale or concealed frames")
+
+
+def _unreadable(e: Exception) -> str:
+    return f"corrupted or truncated video data: neither decoder could read the frames ({type(e).__name__}: {e})"
+
+
 def _window_errors(p: Probe, windows: list[Window], stage: str, why: object) -> Iterator[tuple[None, ErrorRecord]]:
     """One error record per window, for a failure that costs every window of the input."""
     for w in windows:
@@ -63,17 +73,26 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
         yield from _window_errors(p, windows, "decode_video", "decord could not read valid frame timestamps")
         return
     backend = "decord" if reader is not None else "pyav"
-    decoded = None
+    decoded, damaged = None, []
+    frame_gap = 1.0 / (p.fps if p.fps > 0 else data.fps)
     if reader is None:
         # Overlapping windows (stride < length) share frames: decode each target time once.
         targets, inverse = np.unique(np.concatenate([w.start + offsets for w in windows]), return_inverse=True)
         try:
-            frames_u, picked_u = pyav_frames(p.path, targets, p.rotation, data.size)
+            frames_u, picked_u, damaged = pyav_frames(p.path, targets, p.rotation, data.size)
             decoded = (frames_u[inverse], picked_u[inverse])
         except (av.error.FFmpegError, ValueError, RuntimeError) as e:
-            yield from _window_errors(p, windows, "decode_video", e)
-            return
+            reader = decord_reader(p.path)  # the other decoder before giving up
+            if reader is None:
+                yield from _window_errors(p, windows, "decode_video", _unreadable(e))
+                return
+            backend = "decord"
     for i, w in enumerate(windows):
+        hit = [t for t in damaged if w.start - frame_gap < t < w.end]
+        if hit:
+            yield next(_window_errors(p, [w], "decode_video", _damage(hit)))
+            continue
+        window_backend = backend
         try:
             if reader is not None:
                 vr, times = reader
@@ -84,8 +103,15 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
                 sl = slice(i * data.num_frames, (i + 1) * data.num_frames)
                 frames, picked = decoded[0][sl], decoded[1][sl]
         except Exception as e:  # noqa: BLE001 - decord raises its own error types mid-file
-            yield next(_window_errors(p, [w], "decode_video", e))
-            continue
+            try:  # decord failed on this window: PyAV for it, before giving up
+                frames, picked, hit = pyav_frames(p.path, w.start + offsets, p.rotation, data.size)
+                hit = [t for t in hit if w.start - frame_gap < t < w.end]
+                window_backend = "pyav"
+            except (av.error.FFmpegError, ValueError, RuntimeError):
+                hit = None
+            if hit is None or hit:
+                yield next(_window_errors(p, [w], "decode_video", _damage(hit) if hit else _unreadable(e)))
+                continue
         if audio is not None:
             a0 = int(round((w.start - span0) * data.sample_rate))
             wave = audio.wave[a0:a0 + data.num_samples]
@@ -102,7 +128,7 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
             wave = np.zeros(data.num_samples, np.float32)
         meta = {"source": p.path, "window": w.index, "start": round(w.start, 6), "end": round(w.end, 6),
                 "fps": data.fps, "sample_rate": data.sample_rate, "av_offset": round(p.av_offset, 6),
-                "frame_pts": [round(float(t), 6) for t in picked], "video_backend": backend,
+                "frame_pts": [round(float(t), 6) for t in picked], "video_backend": window_backend,
                 "silent": not p.has_audio}
         yield Clip(frames, wave, meta), None
 

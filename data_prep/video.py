@@ -49,21 +49,31 @@ def decord_reader(path: str):
     return vr, times
 
 
-def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One PyAV pass (tolerating broken packets) keeping, resized, the frames on screen at the
-    sorted target times; memory stays bounded by the number of targets."""
+def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int
+                ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """One PyAV pass keeping, resized, the frames on screen at the sorted target times (memory
+    bounded by the number of targets). Also returns the times of damage: packets the decoder
+    rejected and frames it flagged corrupt. The pass goes on past them, but a window that holds
+    damage must not be kept (its frames would be stale or concealed garbage)."""
     out = np.zeros((len(targets), size, size, 3), np.uint8)
     picked = np.full(len(targets), np.nan)
+    damaged: list[float] = []
     prev = None  # (time, frame) of the last decoded frame
     k = 0
     with av.open(path) as c:
         for pkt in c.demux(c.streams.video[0]):
+            if pkt.size == 0:  # an empty packet would flush the decoder for good
+                continue
             try:
                 decoded = pkt.decode()
             except av.error.FFmpegError:
+                if pkt.pts is not None:
+                    damaged.append(float(pkt.pts * pkt.time_base))
                 continue
             for fr in decoded:
                 t = fr.time if fr.time is not None else ((prev[0] + 1e-3) if prev else 0.0)
+                if getattr(fr, "is_corrupt", False):
+                    damaged.append(t)
                 # Every target before this frame's time shows the previous frame (or this one
                 # when nothing came before: the first frame stands in for earlier times).
                 while k < len(targets) and targets[k] + 1e-6 < t:
@@ -80,4 +90,4 @@ def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int) -> tup
         k += 1
     if prev is None:
         raise ValueError("no decodable video frame")
-    return out, picked
+    return out, picked, damaged

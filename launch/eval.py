@@ -34,7 +34,8 @@ def _log_mlflow(cfg, result: dict, args) -> tuple[str, str]:
     from svgen.tracking import MLflowTracker
 
     name = f"eval {Path(args.weights).name if args.weights else Path(args.generated).name}"
-    tracker = MLflowTracker(cfg.track.tracking_uri, cfg.track.experiment, name, args.run_id)
+    tracker = MLflowTracker(cfg.track.tracking_uri, cfg.track.experiment, name, args.run_id,
+                            system_metrics_interval=cfg.track.system_metrics_interval)
     # The checkpoint's training config as params (a training run already holds them: kept).
     tracker.log_params(flatten(to_dict(cfg)))
     tracker.log({f"eval/{k}": float(v) for k, v in result.items()}, step=0)

@@ -446,6 +446,9 @@ class TrackConfig:
     """MLflow experiment name."""
     run_name: str = ""
     """MLflow run name (default: the out_dir's name)."""
+    system_metrics_interval: float = 10.0
+    """Seconds between samples of CPU, memory, disk, network and (with the NVIDIA management
+    library installed) GPU utilisation into the run's system/* metrics; 0 turns them off."""
 
 
 METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd")

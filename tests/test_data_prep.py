@@ -466,3 +466,49 @@ def test_every_file_of_a_folder_is_accounted_for(tmp_path):
     os.utime(live, (time.time() + 60, time.time() + 60))  # touched after the run started
     run(str(src), str(out), _cfg(), progress=False)
     assert live.exists()  # a writer may still own it
+
+
+def test_a_window_with_corrupted_video_becomes_an_error_record(tmp_path):
+    """Bytes destroyed in the middle of a file: the windows around the damage become error records
+    that say so in words, the others keep their clips (no stale or concealed frames kept)."""
+    import av
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.mp4"
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        vs = out.add_stream("libx264", rate=8)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        a = out.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for k in range(32):
+            fr = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            fr.pts, fr.time_base = k, Fraction(1, 8)
+            out.mux(vs.encode(fr))
+        out.mux(vs.encode())
+        for s in range(0, 64000, 1024):
+            af = av.AudioFrame.from_ndarray((0.1 * rng.standard_normal((1, 1024))).astype(np.float32),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = 16000, s, Fraction(1, 16000)
+            out.mux(a.encode(af))
+        out.mux(a.encode())
+    data = bytearray(path.read_bytes())
+    n = len(data)
+    data[n // 2: n // 2 + n // 20] = rng.integers(0, 256, n // 20, dtype=np.uint8).tobytes()
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(data))
+    cfg = _cfg()
+    p, err = probe(str(bad))
+    assert err is None, err
+    windows, _ = plan_windows(p, cfg.data, cfg.prep)
+    results = list(decode_clips(p, windows, cfg.data, cfg.prep))
+    errors = [e for _, e in results if e is not None]
+    kept = [c for c, _ in results if c is not None]
+    assert errors and kept, results
+    for e in errors:
+        assert e.stage in ("decode_video", "decode_audio")
+        assert "corrupted or truncated" in e.message and "window" in e.message
+    # The intact file gives every window: the damage, not the decoder, removed the others.
+    p_ok, _ = probe(str(path))
+    assert all(e is None for _, e in decode_clips(p_ok, plan_windows(p_ok, cfg.data, cfg.prep)[0], cfg.data, cfg.prep))

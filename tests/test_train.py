@@ -106,7 +106,8 @@ def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards):
     ref = tmp_path / "ref"
     base = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY)]
-    extra = ("train.steps=5", "train.parallel.precision=fp32", "train.parallel.zero_stage=2")
+    extra = ("train.steps=5", "train.parallel.precision=fp32", "train.parallel.zero_stage=2",
+             "track.system_metrics_interval=1")
     proc = subprocess.run(base + _sets(tiny_bases, shards, ref, *extra), cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -150,6 +151,14 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
     steps = [m.step for m in client.get_metric_history(second["run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5]  # each step logged once: the resumed run starts after the checkpoint
     assert run.data.params["train.parallel.zero_stage"] == "2" and run.data.tags["git_commit"]
+    # What the MLflow UI needs: the model-training view, the training data as the run's dataset
+    # (with data_prep's manifest digest), and system metrics.
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    datasets = [d.dataset for d in run.inputs.dataset_inputs]
+    assert len(datasets) == 1 and datasets[0].name == shards.name
+    assert datasets[0].digest == run.data.tags["dataset_manifest_sha1"][:36]
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert arts and arts[0].endswith(".mp4")
     local = client.download_artifacts(run.info.run_id, arts[0], str(tmp_path))

@@ -71,7 +71,8 @@ def make_tracker(cfg: Config, info: DistInfo, run_id: str | None):
         return NullTracker()
     name = cfg.track.run_name or Path(cfg.train.out_dir).name
     return MLflowTracker(cfg.track.tracking_uri, cfg.track.experiment, name, run_id,
-                         artifact_root=str(Path(cfg.train.out_dir).parent / "mlartifacts"))
+                         artifact_root=str(Path(cfg.train.out_dir).parent / "mlartifacts"),
+                         system_metrics_interval=cfg.track.system_metrics_interval)
 
 
 def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> dict:

@@ -34,8 +34,11 @@ def frozen_digest(model) -> str:
 def record_start(tracker, cfg: Config, source: ShardSource, info: DistInfo, out_dir: Path) -> None:
     """Params, provenance tags and the shard list / config artifacts of a new run."""
     tracker.log_params(flatten(to_dict(cfg)))
+    manifest = source.manifest_digest()
     tracker.set_tags({"git_commit": git_commit(), "world_size": str(info.world_size),
-                      "shards_sha1": source.urls_digest(), "dataset_manifest_sha1": source.manifest_digest()})
+                      "shards_sha1": source.urls_digest(), "dataset_manifest_sha1": manifest})
+    root = str(source.roots[0]) if source.roots else source.spec
+    tracker.log_dataset(Path(root).name or "shards", root, manifest if manifest != "none" else source.urls_digest())
     if info.is_main:
         tracker.log_artifact(write_text(out_dir / "shards.txt", "\n".join(source.urls) + "\n"))
         tracker.log_artifact(out_dir / "config.yaml")
