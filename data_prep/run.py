@@ -33,6 +33,12 @@ def _fingerprint(items: list[InputItem], cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def shard_size(num_inputs: int, inputs_per_shard: int, min_shards: int) -> int:
+    """Inputs per shard: ``inputs_per_shard``, or fewer when that would give under ``min_shards``
+    shards (a small corpus in one shard would run on one worker)."""
+    return max(1, min(inputs_per_shard, -(-num_inputs // min_shards)))
+
+
 def _init_ray(address: str | None, workers: int):
     import ray
 
@@ -65,7 +71,7 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
                 f.unlink()
     write_json(run_file, {"fingerprint": fp, "source": str(source), "config": to_dict(cfg)})
 
-    n = cfg.prep.inputs_per_shard
+    n = shard_size(len(items), cfg.prep.inputs_per_shard, cfg.prep.min_shards)
     shards = {k: items[k * n:(k + 1) * n] for k in range((len(items) + n - 1) // n)}
     todo = [k for k in shards if not is_finished(out, k)]
     skipped = len(shards) - len(todo)

@@ -212,7 +212,11 @@ class PrepConfig:
     min_seconds: float = 0.0
     """Shortest usable A/V overlap; 0 means one full window (data.seconds)."""
     inputs_per_shard: int = 16
-    """Source videos per shard (a shard is the unit of retry and of skip-on-rerun)."""
+    """Source videos per shard at most (a shard is the unit of work, retry and skip-on-rerun)."""
+    min_shards: int = 64
+    """A corpus too small to fill this many shards of inputs_per_shard gets smaller shards (down
+    to one input each), so that a small corpus still keeps every worker busy. Depends only on the
+    input count, so a re-run on another cluster finds the same shards."""
     no_audio: Literal["skip", "silence"] = "skip"
     """A video without an audio stream: record an error ('skip') or write silent clips."""
     mel: bool = True
@@ -234,6 +238,7 @@ class PrepConfig:
         _check(self.stride >= 0, f"{where}.stride", "must be >= 0 (0 = one window length)")
         _check(self.min_seconds >= 0, f"{where}.min_seconds", "must be >= 0")
         _check(self.inputs_per_shard >= 1, f"{where}.inputs_per_shard", "must be >= 1")
+        _check(self.min_shards >= 1, f"{where}.min_shards", "must be >= 1")
         _check(self.workers >= 0, f"{where}.workers", "must be >= 0")
         _check(self.max_retries >= 0, f"{where}.max_retries", "must be >= 0")
 

@@ -512,3 +512,15 @@ def test_a_window_with_corrupted_video_becomes_an_error_record(tmp_path):
     # The intact file gives every window: the damage, not the decoder, removed the others.
     p_ok, _ = probe(str(path))
     assert all(e is None for _, e in decode_clips(p_ok, plan_windows(p_ok, cfg.data, cfg.prep)[0], cfg.data, cfg.prep))
+
+
+def test_a_small_corpus_is_spread_over_many_shards():
+    """With the default 16 inputs per shard, 14 inputs used to make one shard: one busy worker.
+    Shards shrink (to one input each) until there are min_shards of them, from the input count
+    alone, so a re-run on a bigger cluster finds the same shards."""
+    from data_prep.run import shard_size
+
+    d = load_config(ROOT / "configs" / "greatesthits.yaml").prep
+    assert (d.inputs_per_shard, d.min_shards) == (16, 64)
+    assert shard_size(14, 16, 64) == 1 and shard_size(64 * 5, 16, 64) == 5 and shard_size(200_000, 16, 64) == 16
+    assert shard_size(0, 16, 64) == 1
