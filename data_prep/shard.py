@@ -64,7 +64,7 @@ def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], c
                     mel = log_mel(torch.from_numpy(clip.wave), data.sample_rate, data.n_mels, data.hop_length,
                                   data.win_length, data.fmax).numpy()
                 meta = {**clip.meta, "caption": item.caption, "input_index": item.index}
-                sink.write(encode_sample(key, clip.frames, clip.wave, meta, mel))
+                sink.write(encode_sample(key, clip.frames, clip.wave, meta, mel, prep.jpeg_quality))
                 clips.append({"key": key, "input": item.path, "window": clip.meta["window"],
                               "start": clip.meta["start"], "av_offset": clip.meta["av_offset"]})
     stats = {"shard": final.name, "shard_index": shard_index, "inputs": [asdict(i) for i in items],

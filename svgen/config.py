@@ -221,6 +221,9 @@ class PrepConfig:
     """A video without an audio stream: record an error ('skip') or write silent clips."""
     mel: bool = True
     """Also store the log-mel spectrogram of each clip."""
+    jpeg_quality: int = 90
+    """Store each frame as a JPEG of this quality (1-100; about a tenth of the raw size); 0 stores
+    raw uint8 arrays."""
     extensions: list[str] = field(default_factory=list)
     """Only these file extensions when the input is a folder (e.g. ['.mp4', '.mkv']); empty: every
     file is an input, probe decides what is media, and the rest get error records."""
@@ -239,6 +242,7 @@ class PrepConfig:
         _check(self.min_seconds >= 0, f"{where}.min_seconds", "must be >= 0")
         _check(self.inputs_per_shard >= 1, f"{where}.inputs_per_shard", "must be >= 1")
         _check(self.min_shards >= 1, f"{where}.min_shards", "must be >= 1")
+        _check(0 <= self.jpeg_quality <= 100, f"{where}.jpeg_quality", "must be in [0, 100] (0: raw frames)")
         _check(self.workers >= 0, f"{where}.workers", "must be >= 0")
         _check(self.max_retries >= 0, f"{where}.max_retries", "must be >= 0")
 

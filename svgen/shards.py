@@ -4,13 +4,18 @@ One WebDataset sample per clip, keyed ``{input:06d}_{clip:04d}``, with these mem
 
 | member       | content                                                        |
 |--------------|----------------------------------------------------------------|
-| video.npy    | uint8 (F, H, W, 3) frames at the target fps, centre-cropped    |
+| video.jpgs   | the F frames at the target fps, centre-cropped, one JPEG each, |
+|              | concatenated (prep.jpeg_quality > 0, the default)              |
+| video_offsets.npy | int64 (F + 1,) byte offsets of the frames in video.jpgs   |
+| video.npy    | uint8 (F, H, W, 3) raw frames instead (prep.jpeg_quality = 0)  |
 | audio.npy    | int16 (N,) mono PCM at the target sample rate                  |
 | mel.npy      | float16 (frames, n_mels) log-mel, when prep computed it        |
 | json         | clip metadata (source, window, caption, A/V offset, backend)   |
 
-Arrays are ``.npy`` bytes read with ``allow_pickle=False``: a shard can never run code when it is
-decoded. Like ``svgen.config``, this module imports nothing else from svgen, so ``data_prep``
+Arrays are ``.npy`` bytes read with ``allow_pickle=False`` and frames are plain JPEG: a shard can
+never run code when it is decoded. JPEG frames make a shard about a tenth of the raw arrays (raw
+frames of a 200 k-clip corpus would pass a terabyte); benchmarks/loader_throughput.py measures
+what decoding them costs the loader. Like ``svgen.config``, this module imports nothing else from svgen, so ``data_prep``
 may depend on it.
 """
 
@@ -24,6 +29,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 VIDEO, AUDIO, MEL, META = "video.npy", "audio.npy", "mel.npy", "json"
+VIDEO_JPEG, VIDEO_OFFSETS = "video.jpgs", "video_offsets.npy"
 # Cached-latent shards (launch/cache_latents.py): the frozen encoders' outputs for one clip, the
 # VAE posteriors as mean and standard deviation (training samples from them).
 LATENT_A, LATENT_V, TEXT_A, TEXT_V = "latent_a.npy", "latent_v.npy", "text_a.npy", "text_v.npy"
@@ -61,13 +67,39 @@ def pcm16_to_audio(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32767.0
 
 
+def encode_frames_jpeg(frames: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
+    """(F, H, W, 3) uint8 -> (concatenated JPEG bytes, (F + 1,) offsets)."""
+    from PIL import Image
+
+    blobs = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f, "RGB").save(buf, format="JPEG", quality=quality)
+        blobs.append(buf.getvalue())
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    return b"".join(blobs), offsets
+
+
+def decode_frames_jpeg(blob: bytes, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(blob[a:b])).convert("RGB"))
+                     for a, b in zip(offsets[:-1], offsets[1:])])
+
+
 def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str, Any],
-                  mel: np.ndarray | None = None) -> dict[str, Any]:
-    """A WebDataset sample dict (``__key__`` + members) for one clip."""
+                  mel: np.ndarray | None = None, jpeg_quality: int = 0) -> dict[str, Any]:
+    """A WebDataset sample dict (``__key__`` + members) for one clip; frames as JPEG when
+    ``jpeg_quality`` > 0, else raw."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    sample = {"__key__": key, VIDEO: encode_array(frames), AUDIO: encode_array(audio_to_pcm16(wave)),
+    sample = {"__key__": key, AUDIO: encode_array(audio_to_pcm16(wave)),
               META: json.dumps({"schema": SCHEMA_VERSION, **meta}).encode()}
+    if jpeg_quality > 0:
+        blob, offsets = encode_frames_jpeg(frames, jpeg_quality)
+        sample[VIDEO_JPEG], sample[VIDEO_OFFSETS] = blob, encode_array(offsets)
+    else:
+        sample[VIDEO] = encode_array(frames)
     if mel is not None:
         sample[MEL] = encode_array(mel.astype(np.float16))
     return sample
@@ -92,7 +124,10 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
             if member in sample:
                 out[name] = decode_array(sample[member]).astype(np.float32)
         return out
-    out["frames"] = decode_array(sample[VIDEO])
+    if VIDEO_JPEG in sample:
+        out["frames"] = decode_frames_jpeg(sample[VIDEO_JPEG], decode_array(sample[VIDEO_OFFSETS]))
+    else:
+        out["frames"] = decode_array(sample[VIDEO])
     out["wave"] = pcm16_to_audio(decode_array(sample[AUDIO]))
     if MEL in sample:
         out["mel"] = decode_array(sample[MEL]).astype(np.float32)

@@ -175,7 +175,7 @@ def _shard_contents(out: Path) -> dict[str, str]:
     for tar in sorted(out.glob("shard-*.tar")):
         with tarfile.open(tar) as t:
             for m in t.getmembers():
-                if m.name.endswith("video.npy"):
+                if m.name.endswith(("video.npy", "video.jpgs")):  # the frames, raw or JPEG
                     keys[m.name.split(".")[0]] = hashlib.sha1(t.extractfile(m).read()).hexdigest()
     return keys
 
@@ -271,7 +271,8 @@ def test_shards_decode_without_pickle(tmp_path):
     import io
     buf = io.BytesIO()
     np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    sample["video.npy"] = buf.getvalue()
+    assert "video.jpgs" in sample and "video.npy" not in sample  # frames are JPEG by default
+    sample["video_offsets.npy"] = buf.getvalue()
     with pytest.raises(ValueError, match="pickle"):
         decode_sample(sample)
 
@@ -524,3 +525,21 @@ def test_a_small_corpus_is_spread_over_many_shards():
     assert (d.inputs_per_shard, d.min_shards) == (16, 64)
     assert shard_size(14, 16, 64) == 1 and shard_size(64 * 5, 16, 64) == 5 and shard_size(200_000, 16, 64) == 16
     assert shard_size(0, 16, 64) == 1
+
+
+def test_jpeg_frames_round_trip_and_are_much_smaller():
+    from svgen.shards import encode_sample
+
+    rng = np.random.default_rng(0)
+    # A smooth moving pattern (what video looks like), not white noise (which no codec shrinks).
+    yy, xx = np.mgrid[0:256, 0:256]
+    frames = np.stack([np.stack([(xx + 8 * k) % 256, (yy + 4 * k) % 256, (xx + yy) // 2 % 256], -1)
+                       for k in range(32)]).astype(np.uint8)
+    wave = (0.1 * rng.standard_normal(64000)).astype(np.float32)
+    jpeg = encode_sample("000000_0000", frames, wave, {"fps": 8}, jpeg_quality=90)
+    raw = encode_sample("000000_0000", frames, wave, {"fps": 8}, jpeg_quality=0)
+    assert len(jpeg["video.jpgs"]) * 8 < len(raw["video.npy"])
+    back = decode_sample(jpeg)["frames"]
+    assert back.shape == frames.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - frames.astype(int)).mean() < 4
+    assert np.array_equal(decode_sample(raw)["frames"], frames)

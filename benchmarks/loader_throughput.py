@@ -1,0 +1,73 @@
+"""Shard size and loader throughput, JPEG frames against raw arrays (issue 14, item 7).
+
+Preps one synthetic corpus twice at the paper's clip geometry (4 s, 8 fps, 256 px, 16 kHz), with
+``prep.jpeg_quality=90`` (the default) and ``=0`` (raw), then reads every shard through the
+training loader (decode included) with 0 and 2 worker processes. The H100 step consumes 8.2
+samples/s at batch 8 (issue 13's table); the loader should deliver at least 10x that.
+
+    python benchmarks/loader_throughput.py [--videos 16] [--seconds 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+
+from data_prep.run import run  # noqa: E402
+from media_fixtures import write_flash_click  # noqa: E402
+from svgen.config import load_config  # noqa: E402
+from svgen.data.loader import make_loader  # noqa: E402
+
+H100_SAMPLES_PER_S = 8.2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        src = tmp / "in"
+        src.mkdir()
+        for i in range(args.videos):
+            write_flash_click(src / f"v{i:03d}.mp4", [1.0 + 0.37 * k for k in range(int(args.seconds) - 2)],
+                              duration=args.seconds, size=320, fps=30, sample_rate=44100)
+        print(f"{args.videos} inputs of {args.seconds:.0f}s -> clips of 4 s x 8 fps x 256 px; batch {args.batch_size}")
+        for quality in (90, 0):
+            out = tmp / f"q{quality}"
+            cfg = load_config(ROOT / "configs" / "greatesthits.yaml", [f"prep.jpeg_quality={quality}"])
+            s = run(str(src), str(out), cfg, progress=False)
+            size = sum(p.stat().st_size for p in out.glob("shard-*.tar"))
+            label = f"jpeg q{quality}" if quality else "raw"
+            print(f"{label:8s}: {s['clips_written']} clips, {size / s['clips_written'] / 2**20:.2f} MiB per clip")
+            for workers in (0, 2):
+                loader = make_loader(out, args.batch_size, num_workers=workers, seed=0)
+                t0, n = time.perf_counter(), 0
+                for _ in range(2):  # two epochs: the second without cold caches
+                    for batch in loader:
+                        n += batch["frames"].shape[0]
+                rate = n / (time.perf_counter() - t0)
+                print(f"          loader, {workers} workers: {rate:7.1f} clips/s = {rate / H100_SAMPLES_PER_S:5.1f}x "
+                      f"the H100 step's {H100_SAMPLES_PER_S} samples/s", flush=True)
+    finally:
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
