@@ -29,7 +29,7 @@ from data_prep.run import _init_ray, run  # noqa: E402
 from data_prep.decode import decode_clips  # noqa: E402
 from data_prep.probe import probe  # noqa: E402
 from data_prep.windows import plan_windows  # noqa: E402
-from media_fixtures import write_flash_click  # noqa: E402
+from media_fixtures import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 
 
@@ -46,11 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
-        src = tmp / "in"
-        src.mkdir()
-        for i in range(args.videos):
-            write_flash_click(src / f"v{i:02d}.mp4", [1.0 + 0.37 * k for k in range(int(args.seconds) - 2)],
-                              duration=args.seconds, size=args.size, fps=30, sample_rate=44100)
+        src = write_benchmark_corpus(tmp / "in", args.videos, args.seconds, args.size)
         cfg = load_config(args.config, ["prep.inputs_per_shard=1"])
         print(f"inputs: {args.videos} x {args.seconds:.0f}s {args.size}px 30fps h264 + aac 44.1k; "
               f"clips {cfg.data.seconds:.0f}s @ {cfg.data.fps}fps {cfg.data.size}px, 16k audio, mel={cfg.prep.mel}")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import psutil  # noqa: E402
 
 from data_prep.run import _init_ray, run  # noqa: E402
-from media_fixtures import write_flash_click  # noqa: E402
+from media_fixtures import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 
 
@@ -69,11 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
-        src = tmp / "in"
-        src.mkdir()
-        for i in range(4 * args.videos):
-            write_flash_click(src / f"v{i:03d}.mp4", [1.0 + 0.37 * k for k in range(int(args.seconds) - 2)],
-                              duration=args.seconds, size=args.size, fps=30, sample_rate=44100)
+        src = write_benchmark_corpus(tmp / "in", 4 * args.videos, args.seconds, args.size)
         files = sorted(src.iterdir())
         _init_ray(None, 2)
         print(f"inputs: {args.seconds:.0f}s {args.size}px 30fps h264 + aac; 2 Ray workers; default shard sizing")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from data_prep.run import run  # noqa: E402
-from media_fixtures import write_flash_click  # noqa: E402
+from media_fixtures import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 from svgen.data.loader import make_loader  # noqa: E402
 
@@ -40,11 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     try:
-        src = tmp / "in"
-        src.mkdir()
-        for i in range(args.videos):
-            write_flash_click(src / f"v{i:03d}.mp4", [1.0 + 0.37 * k for k in range(int(args.seconds) - 2)],
-                              duration=args.seconds, size=320, fps=30, sample_rate=44100)
+        src = write_benchmark_corpus(tmp / "in", args.videos, args.seconds, 320)
         print(f"{args.videos} inputs of {args.seconds:.0f}s -> clips of 4 s x 8 fps x 256 px; batch {args.batch_size}")
         for quality in (90, 0):
             out = tmp / f"q{quality}"

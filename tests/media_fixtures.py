@@ -66,3 +66,13 @@ def write_flash_click(path: Path, events: list[float], duration: float = 3.0, fr
 def onset_time(wave: np.ndarray, sample_rate: int, threshold: float = 0.3) -> float | None:
     idx = np.flatnonzero(np.abs(wave) > threshold)
     return float(idx[0]) / sample_rate if len(idx) else None
+
+
+def write_benchmark_corpus(folder: Path, videos: int, seconds: float, size: int = 320) -> Path:
+    """``videos`` flash/click clips of ``seconds`` at 30 fps and ``size`` px with 44.1 kHz audio,
+    an event every 0.37 s from 1 s on: the corpus the data-prep benchmarks share."""
+    folder.mkdir(parents=True, exist_ok=True)
+    events = [1.0 + 0.37 * k for k in range(int(seconds) - 2)]
+    for i in range(videos):
+        write_flash_click(folder / f"v{i:03d}.mp4", events, duration=seconds, size=size, fps=30, sample_rate=44100)
+    return folder
