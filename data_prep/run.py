@@ -50,6 +50,10 @@ def _init_ray(address: str | None, workers: int):
     else:
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
+        # Ray's agents outlived a driver killed with SIGKILL: a watchdog ends them with it.
+        from data_prep.reaper import watch_embedded_cluster
+
+        watch_embedded_cluster()
     return ray
 
 

@@ -543,3 +543,32 @@ def test_jpeg_frames_round_trip_and_are_much_smaller():
     assert back.shape == frames.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - frames.astype(int)).mean() < 4
     assert np.array_equal(decode_sample(raw)["frames"], frames)
+
+
+@pytest.mark.multiprocess
+def test_no_process_of_a_killed_prep_run_survives(tmp_path):
+    """kill -9 of the driver alone (not its process group): Ray's dashboard and runtime-env agents
+    used to live on, adopted by init. The watchdog ends every process the cluster started."""
+    import psutil
+
+    src = _inputs(tmp_path, 6)
+    out = tmp_path / "out"
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", str(TINY),
+           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.stats.json")):
+        time.sleep(0.05)
+    ours = [p for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert any("raylet" in " ".join(p.cmdline()) for p in ours if p.is_running())  # the cluster was up
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ours):
+        time.sleep(0.2)
+    left = [" ".join(p.cmdline())[:80] for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, left
+    orphans = [p for p in psutil.process_iter(["ppid", "cmdline", "create_time"])
+               if p.info["ppid"] == 1 and p.info["create_time"] > t0 and (p.info["cmdline"] or [""])[0].startswith("ray::")]
+    assert not orphans, [o.info["cmdline"] for o in orphans]
