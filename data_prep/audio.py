@@ -78,6 +78,7 @@ def _frames(path: str, stop: float):
         a = c.streams.audio[0]
         sr = a.codec_context.sample_rate
         start = float(a.start_time * a.time_base) if a.start_time is not None else None
+        samples = 0
         for pkt in c.demux(a):
             if pkt.size == 0:
                 continue
@@ -87,8 +88,12 @@ def _frames(path: str, stop: float):
                 continue
             for fr in decoded:
                 out.append((fr.time, _to_mono_float(fr)))
+                samples += len(out[-1][1])
+            # Stop past ``stop`` only when both the timestamp and the sample count say so: either
+            # alone can run ahead (garbage timestamps; or a gap, where samples lag the timeline).
             t = out[-1][0] if out else None
-            if t is not None and t > stop + 1.0 and len(out) > 8:
+            origin = start if start is not None else (out[0][0] if out and out[0][0] is not None else 0.0)
+            if t is not None and min(t, origin + samples / sr) > stop + 1.0:
                 break
     return out, sr, start
 

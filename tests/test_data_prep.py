@@ -440,8 +440,11 @@ def test_every_file_of_a_folder_is_accounted_for(tmp_path):
     files = [p for p in src.rglob("*") if p.is_file() or p.is_symlink()]
     assert len(files) == 7
     out = tmp_path / "out"
-    summary = run(str(src), str(out), _cfg(), progress=False)
-    assert summary["inputs"] == len(files)
+    # The default shard sizing (16 inputs at most, at least 64 shards): 7 inputs -> 7 shards of one,
+    # so a small corpus keeps every worker busy.
+    cfg = _cfg("prep.inputs_per_shard=16", "prep.min_shards=64")
+    summary = run(str(src), str(out), cfg, progress=False)
+    assert summary["inputs"] == len(files) and summary["shards"] == len(files)
     errors = {Path(e["input"]).name: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     manifest = {Path(m["input"]).name: m for m in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert set(manifest) == {p.name for p in files}
@@ -459,13 +462,13 @@ def test_every_file_of_a_folder_is_accounted_for(tmp_path):
     stale, live = out / ".shard-000009.tar.123.abcd.tmp", out / ".shard-000010.tar.456.ef01.tmp"
     stale.write_bytes(b"x" * 10)
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    again = run(str(src), str(out), _cfg(), progress=False)
+    again = run(str(src), str(out), cfg, progress=False)
     assert again["clips_written_this_run"] == 0 and again["clips_per_second"] == 0.0
     assert again["shards_skipped"] == again["shards"] and again["clips_written"] == summary["clips_written"]
     assert not stale.exists()
     live.write_bytes(b"y")
     os.utime(live, (time.time() + 60, time.time() + 60))  # touched after the run started
-    run(str(src), str(out), _cfg(), progress=False)
+    run(str(src), str(out), cfg, progress=False)
     assert live.exists()  # a writer may still own it
 
 

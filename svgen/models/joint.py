@@ -51,10 +51,12 @@ def _to_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
     x = args[0]
     module._input_dtype = x.dtype
     dtype = next(module.parameters()).dtype
-    for sub in module.modules():
-        for key, buf in sub._buffers.items():
-            if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
-                sub._buffers[key] = buf.to(dtype)
+    if getattr(module, "_buffers_dtype", None) != dtype:  # once per dtype, not every forward
+        for sub in module.modules():
+            for key, buf in sub._buffers.items():
+                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                    sub._buffers[key] = buf.to(dtype)
+        module._buffers_dtype = dtype
     return ((x.to(dtype),) + tuple(args[1:]), kwargs) if x.dtype != dtype else None
 
 
