@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One short GPU session: CUDA correctness of the CMC-PE kernels, then the kernel benchmark and
-# the training-step (adapter overhead) benchmark at real base sizes. Every step writes its log
-# under $OUT (or ./runs/gpu_check) and a failed step does not stop the next.
+# One short GPU session (under 9 minutes on an H100/H200): CUDA correctness of the CMC-PE kernels,
+# the kernel benchmark, then the training step's MFU (benchmarks/mfu.py) per speed lever at the
+# paper's shapes, batch 16 with activation checkpointing (does it fit in 80 GB?), and the
+# compiled step. Every step writes its log under $OUT (or ./runs/gpu_check); a failed or timed-out
+# step does not stop the next. Rows print as they are measured, so a cut step keeps its rows.
 #
 #   bash benchmarks/gpu_check.sh            # on a CUDA machine with torch, triton, diffusers
+#   SKIP_TESTS=1 bash benchmarks/gpu_check.sh
 #
 # Missing pure-Python packages can be put as wheels in .whl/ (installed to /tmp/site first).
 set -u
@@ -20,17 +23,20 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  grep -v -E "Loading weights|should be kept in float32" "$OUT/$name.log" | tail -n 40
+  grep -v -E "Loading weights|should be kept in float32|Writing model shards|warn\(|UserWarning" "$OUT/$name.log" | tail -n 40
   echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
 }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/env.log"
-[ -n "${SKIP_TESTS:-}" ] || step kernels_test 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
-step kernel_bench_bf16 200 python3 benchmarks/cmcpe_kernel.py --dtype bfloat16 --iters 20 --sweep
-step train_step 240 python3 benchmarks/model_overhead.py --only full-size --kernels reference,triton --repeats 10
-# What the reference's head width of 8 costs (issue 11): the same step with 64-wide heads, for
-# CMC-PE and for the cross-attention baseline (the default runs above use head_dim 8).
-step head_dim64 150 python3 benchmarks/model_overhead.py --only full-size --kernels triton --repeats 5 --set model.cmcpe.head_dim=64
-step xattn_head_dim 200 bash -c "python3 benchmarks/model_overhead.py --only full-size --kernels reference --repeats 5 --set model.cmcpe.mode=xattn_pooled && python3 benchmarks/model_overhead.py --only full-size --kernels reference --repeats 5 --set model.cmcpe.mode=xattn_pooled --set model.cmcpe.head_dim=64"
+MFU="python3 benchmarks/mfu.py --warmup 2 --repeats 5"
+[ -n "${SKIP_TESTS:-}" ] || step kernels_test 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
+step kernel_bench 45 python3 benchmarks/cmcpe_kernel.py --dtype bfloat16 --iters 20
+# Each lever alone against eager at batch 8 (the first row is the baseline; every row also shows
+# its first loss against eager's), then all but compilation together.
+step mfu_levers 170 $MFU --batches 8 --levers eager,channels_last,fused,cudnn,fast=perf.compile:off
+# Batch 16 with the frozen UNets' activations recomputed: the peak memory says whether it fits 80 GB.
+step mfu_batch16 70 $MFU --batches 16 --levers fast=perf.compile:off+parallel.activation_checkpointing:true --no-bases
+# Compiled regions (all levers: the CUDA default), against eager in the same process.
+step mfu_compile 200 $MFU --batches 8 --levers eager,auto

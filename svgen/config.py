@@ -321,6 +321,39 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    """Speed levers of the training step (benchmarks/mfu.py measures each). None changes the
+    maths: every lever gives the same losses as plain eager within the compute dtype's noise
+    (tests/test_perf.py). 'auto' is the fastest safe choice for the device: on for CUDA, off on
+    CPU, where the levers save little and compiling costs minutes."""
+
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile by region, in place (state_dict keys unchanged): each block of the two frozen
+    UNets, plus the encoders and cross-modal blocks below ZeRO-3 (whose parameter hooks do not
+    trace). Regions compile once per shape, so the first steps are slow."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
+    """Inductor mode of the compiled regions; 'reduce-overhead' replays them as CUDA graphs
+    (static shapes only)."""
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """torch.compile backend: 'inductor' generates fused kernels (the speed); 'aot_eager' and
+    'eager' only trace (to check a graph-capture problem apart from code generation; on CPU
+    inductor needs minutes per region shape, aot_eager seconds)."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Channels-last memory format for the frozen UNets' convolutions (NHWC tensor-core kernels)."""
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    """One fused AdamW kernel over all trained weights (torch's fused=True) instead of a loop."""
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    """Scaled-dot-product attention backend for every attention in the step ('auto': PyTorch
+    picks per call; a named one is tried first, the others stay as fallbacks)."""
+    peak_tflops: float = 0.0
+    """The card's dense peak (TFLOP/s, training dtype) for the logged MFU; 0 looks the card up
+    in a table of known ones (H100/H200: 989 bf16) and logs only TFLOP/s for unknown ones."""
+
+    def validate(self, where: str) -> None:
+        _check(self.peak_tflops >= 0, f"{where}.peak_tflops", "must be >= 0 (0: look the card up)")
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     """When the run saves its resumable state."""
 
@@ -387,6 +420,8 @@ class TrainConfig:
     """The objective."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """DeepSpeed ZeRO and precision."""
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    """Speed levers of the step (compilation, memory format, fused optimizer, attention)."""
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpointing."""
     val: ValConfig = field(default_factory=ValConfig)
@@ -580,6 +615,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
         return value

@@ -24,7 +24,7 @@ LAYERS = [
     ["svgen.system"],
     ["svgen.generate", "svgen.metrics"],
     ["svgen.distributed", "svgen.tracking"],
-    ["svgen.train.checkpoint", "svgen.train.ema", "svgen.train.engine"],
+    ["svgen.train.checkpoint", "svgen.train.ema", "svgen.train.engine", "svgen.train.perf"],
     ["svgen.train.validation", "svgen.train.provenance"],
     ["svgen.train.loop"],
     ["launch"],

@@ -66,15 +66,23 @@ def _result(out: Path) -> dict:
     return json.loads((out / "train_result.json").read_text())
 
 
+# The ZeRO-2 run also pulls every speed lever that runs on CPU (compiled regions through dynamo's
+# graph capture, fused AdamW, an attention backend): tests/test_perf.py checks they keep the maths.
+LEVERS_ON = ("train.perf.compile=on", "train.perf.compile_backend=eager", "train.perf.fused_optimizer=on",
+             "train.perf.attention=math")
+
+
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stage,precision", [(2, "bf16"), (3, "fp32")])
-def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision):
+@pytest.mark.parametrize("stage,precision,levers", [(2, "bf16", LEVERS_ON), (3, "fp32", ())])
+def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision, levers):
     out = tmp_path / f"zero{stage}"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(ROOT / "launch" / "train.py"),
            "--config", str(TINY), *_sets(tiny_bases, shards, out, f"train.parallel.zero_stage={stage}",
-                                         f"train.parallel.precision={precision}", "train.steps=3")]
+                                         f"train.parallel.precision={precision}", "train.steps=3", *levers)]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    if levers:
+        assert "levers: compile, fused_optimizer (eager, default); attention math" in proc.stdout
     r = _result(out)
     assert r["step"] == 3 and r["world_size"] == 2 and r["reason"] == "finished"
     assert r["frozen_before"] == r["frozen_after"]
@@ -107,7 +115,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
     ref = tmp_path / "ref"
     base = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TINY)]
     extra = ("train.steps=5", "train.parallel.precision=fp32", "train.parallel.zero_stage=2",
-             "track.system_metrics_interval=1")
+             "track.system_metrics_interval=1", "train.perf.peak_tflops=1.0")
     proc = subprocess.run(base + _sets(tiny_bases, shards, ref, *extra), cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -145,9 +153,12 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
     mlflow.set_tracking_uri(f"sqlite:///{out.parent}/mlflow.db")
     client = mlflow.MlflowClient()
     run = client.get_run(second["run_id"])
-    for key in ("loss", "loss_audio", "loss_video", "lr", "grad_norm", "samples_per_s", "data_wait_frac", "peak_mem_mb",
-                "val/av_align"):
+    for key in ("loss", "loss_audio", "loss_video", "lr", "grad_norm", "samples_per_s", "tflops_per_s", "mfu",
+                "data_wait_frac", "peak_mem_mb", "val/av_align"):
         assert key in run.data.metrics, key
+    # MFU = achieved TFLOP/s over the configured peak (1 TFLOP/s here), from FLOPs counted once.
+    assert run.data.metrics["mfu"] == pytest.approx(run.data.metrics["tflops_per_s"] / 1.0)
+    assert 0 < run.data.metrics["tflops_per_s"] < 1.0
     steps = [m.step for m in client.get_metric_history(second["run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5]  # each step logged once: the resumed run starts after the checkpoint
     assert run.data.params["train.parallel.zero_stage"] == "2" and run.data.tags["git_commit"]

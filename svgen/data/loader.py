@@ -80,15 +80,16 @@ def collate(items: list[dict]) -> dict:
 
 
 def make_loader(source: ShardSource | str | Path, batch_size: int, rank: int = 0, world_size: int = 1,
-                num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 64, latents: bool = False
-                ) -> torch.utils.data.DataLoader:
+                num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 64, latents: bool = False,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches of this rank's share of ``source`` (a resolved source, or a path resolved with
-    ``latents``)."""
+    ``latents``). ``pin_memory`` (CUDA): page-locked batches, so the copy to the GPU can be
+    asynchronous instead of waiting for the GPU's queue."""
     urls = list((source if isinstance(source, ShardSource) else resolve_shards(source, latents)).urls)
     check_split(len(urls), world_size, num_workers)  # in the main process: an error, not a hang
     ds = ClipStream(urls, rank, world_size, seed, shuffle_buffer)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                                       drop_last=True, persistent_workers=False)
+                                       drop_last=True, persistent_workers=False, pin_memory=pin_memory)
 
 
 @dataclass

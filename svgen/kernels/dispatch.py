@@ -23,9 +23,13 @@ def triton_importable() -> bool:
 
 
 def resolve_kernel(requested: str, device: torch.device) -> str:
-    """'auto' -> 'triton' on CUDA when Triton is importable, else 'reference'."""
+    """'auto' -> 'triton' on CUDA when Triton is importable, else 'reference'; inside a region
+    that torch.compile is tracing, 'auto' and 'compile' take the reference, which the compiler
+    fuses with the operations around it (an opaque kernel would split the region)."""
     if requested not in ("auto", "reference", "compile", "triton"):
         raise ValueError(f"unknown kernel {requested!r}; use auto, reference, compile or triton")
+    if requested in ("auto", "compile") and torch.compiler.is_compiling():
+        return "reference"
     if requested != "auto":
         return requested
     return "triton" if device.type == "cuda" and triton_importable() else "reference"
@@ -37,7 +41,7 @@ def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor,
     """(u, a) = (LN(x), LN(x) + resample(emb)); see ``reference.norm_add_embedding_reference``."""
     global _compiled
     impl = resolve_kernel(kernel, x.device)
-    if impl not in _logged:
+    if impl not in _logged and not torch.compiler.is_compiling():
         log.info("CMC-PE hot path: %s (requested %s, device %s)", impl, kernel, x.device.type)
         _logged.add(impl)
     if impl == "reference":

@@ -65,8 +65,8 @@ class JointSystem:
         audio and video latents, and the text embeddings."""
         dev = self.device
         text_a, text_v = self.encode_text(batch["caption"])
-        return (audio_posterior(self.audio, batch["wave"].to(dev), data),
-                video_posterior(self.video, batch["frames"].to(dev)), text_a, text_v)
+        return (audio_posterior(self.audio, batch["wave"].to(dev, non_blocking=True), data),
+                video_posterior(self.video, batch["frames"].to(dev, non_blocking=True)), text_a, text_v)
 
     @torch.no_grad()
     def encode(self, batch: dict, data: DataConfig, generator: torch.Generator | None = None) -> LatentBatch:

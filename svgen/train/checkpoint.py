@@ -37,14 +37,19 @@ class TrainerState:
     """The tracker run that a resumed run continues."""
     ema: dict | None = None
     """EMA state_dict, when the run keeps an EMA."""
+    flops_per_sample: float | None = None
+    """Training FLOPs per sample, counted once on the run's first step (for TFLOP/s and MFU): a
+    resumed run keeps the count rather than counting again, which would run its first step
+    through the counter's dispatch and round differently from the uninterrupted run."""
 
     def to_dict(self) -> dict:
         return {"step": self.step, "data": {"epoch": self.data.epoch, "batches": self.data.batches},
-                "run_id": self.run_id, "ema": self.ema}
+                "run_id": self.run_id, "ema": self.ema, "flops_per_sample": self.flops_per_sample}
 
     @staticmethod
     def from_dict(d: dict) -> "TrainerState":
-        return TrainerState(int(d["step"]), DataPosition(**d["data"]), d.get("run_id"), d.get("ema"))
+        return TrainerState(int(d["step"]), DataPosition(**d["data"]), d.get("run_id"), d.get("ema"),
+                            d.get("flops_per_sample"))
 
 
 def _rng_state(generator: torch.Generator | None) -> dict:

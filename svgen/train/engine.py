@@ -59,21 +59,23 @@ def enable_activation_checkpointing(model: JointModel) -> None:
         unet.enable_gradient_checkpointing()
 
 
-def make_optimizer(model: JointModel, o: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only (added modules, plus motion modules if switched on)."""
+def make_optimizer(model: JointModel, o: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (added modules, plus motion modules if switched on).
+    ``fused``: one kernel for the whole update (train.perf.fused_optimizer), else torch's default."""
     params = model.trainable_parameters()
     if not params:
         raise ValueError("the joint model has no trainable parameters")
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                             fused=True if fused else None)
 
 
-def build_engine(model: JointModel, t: TrainConfig, world_size: int):
+def build_engine(model: JointModel, t: TrainConfig, world_size: int, fused_optimizer: bool = False):
     """(engine, optimizer, scheduler) over the trainable parameters only."""
     import deepspeed
 
     if t.parallel.activation_checkpointing:
         enable_activation_checkpointing(model)
-    opt = make_optimizer(model, t.optim)
+    opt = make_optimizer(model, t.optim, fused=fused_optimizer)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.optim, t.steps))
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                  config=deepspeed_config(t, world_size))
