@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU session (under 9 minutes on an H100/H200): CUDA correctness of the CMC-PE kernels,
+# One short GPU session (under 9 minutes on an H100/H200, limits included): CUDA correctness of the CMC-PE kernels,
 # the kernel benchmark, then the training step's MFU (benchmarks/mfu.py) per speed lever at the
 # paper's shapes, batch 16 with activation checkpointing (does it fit in 80 GB?), and the
 # compiled step. Every step writes its log under $OUT (or ./runs/gpu_check); a failed or timed-out
@@ -34,9 +34,12 @@ MFU="python3 benchmarks/mfu.py --warmup 2 --repeats 5"
 [ -n "${SKIP_TESTS:-}" ] || step kernels_test 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
 step kernel_bench 45 python3 benchmarks/cmcpe_kernel.py --dtype bfloat16 --iters 20
 # Each lever alone against eager at batch 8 (the first row is the baseline; every row also shows
-# its first loss against eager's), then all but compilation together.
-step mfu_levers 170 $MFU --batches 8 --levers eager,channels_last,fused,cudnn,fast=perf.compile:off
-# Batch 16 with the frozen UNets' activations recomputed: the peak memory says whether it fits 80 GB.
-step mfu_batch16 70 $MFU --batches 16 --levers fast=perf.compile:off+parallel.activation_checkpointing:true --no-bases
-# Compiled regions (all levers: the CUDA default), against eager in the same process.
-step mfu_compile 200 $MFU --batches 8 --levers eager,auto
+# its first loss against eager's). Measured on an H200 (RESULTS.md): channels_last 0.94x, fused
+# AdamW 1.00x; cuDNN attention first did not finish inside its share of the limit.
+step mfu_levers 120 $MFU --batches 8 --levers eager,fused,cudnn
+# Batch 16 with activation checkpointing as the trainer does it: the peak memory says whether it
+# fits an 80 GB card (sized on CPU at 57.7 GiB above the weights: benchmarks/activation_memory.py).
+step mfu_batch16 90 $MFU --batches 16 --levers ckpt --no-bases
+# Compiled regions against eager in the same process, at batch 4 (compiling the full-size regions
+# took over 150 s on an H200: the step needs most of its limit for that).
+step mfu_compile 220 $MFU --batches 4 --levers eager,compile --no-bases

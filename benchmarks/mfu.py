@@ -10,7 +10,8 @@ device synchronisation at each end. MFU = FLOPs per step / step time / the card'
 measured in the same run).
 
 For each lever configuration (``--levers``) and batch size it prints one row: TFLOP per step,
-step time, TFLOP/s, MFU, samples/s, peak memory, and the same step through the two bases alone
+step time, TFLOP/s, MFU, samples/s, peak memory (CUDA; benchmarks/activation_memory.py sizes it
+on any machine), and the same step through the two bases alone
 at the same batch and levers (adapter overhead = joint / bases). With several configurations,
 the first is the baseline: each row also shows its speed-up over it and the first step's loss
 difference from it (the levers must not change the maths).
@@ -20,8 +21,8 @@ difference from it (the levers must not change the maths).
     python benchmarks/mfu.py --tiny                           # CPU smoke (CI): tiny bases
     python benchmarks/mfu.py --levers eager,channels_last,fused,flash,compile,auto --batches 8
 
-A lever configuration is a name from LEVERS below or ``name=key:value+key:value`` over train.perf
-keys (e.g. ``ckpt=parallel.activation_checkpointing:true``, keys relative to train.).
+A lever configuration is a name from LEVERS below or ``name=key:value+key:value`` over config
+keys (e.g. ``frozen_motion=train.perf.compile:off+model.train_motion_modules:false``).
 """
 
 from __future__ import annotations
@@ -38,21 +39,22 @@ import torch
 from common import ROOT, base_dtype, bases_step, bench_config, random_batch, sync  # noqa: I001
 
 from svgen.system import build_system
-from svgen.train.engine import enable_activation_checkpointing, make_optimizer
+from svgen.train.engine import enable_activation_checkpointing, make_optimizer, recomputation_off
 from svgen.train.perf import (Levers, apply_levers, attention_backend, card_peak_tflops, count_flops,
                               resolve_levers)
 
-OFF = ["perf.compile=off", "perf.channels_last=off", "perf.fused_optimizer=off", "perf.attention=auto"]
+OFF = ["train.perf.compile=off", "train.perf.channels_last=off", "train.perf.fused_optimizer=off",
+       "train.perf.attention=auto"]
 LEVERS = {
     "eager": OFF,
-    "channels_last": OFF + ["perf.channels_last=on"],
-    "fused": OFF + ["perf.fused_optimizer=on"],
-    "flash": OFF + ["perf.attention=flash"],
-    "cudnn": OFF + ["perf.attention=cudnn"],
-    "compile": OFF + ["perf.compile=on"],
-    "cudagraphs": OFF + ["perf.compile=on", "perf.compile_mode=reduce-overhead"],
+    "channels_last": OFF + ["train.perf.channels_last=on"],
+    "fused": OFF + ["train.perf.fused_optimizer=on"],
+    "flash": OFF + ["train.perf.attention=flash"],
+    "cudnn": OFF + ["train.perf.attention=cudnn"],
+    "compile": OFF + ["train.perf.compile=on"],
+    "cudagraphs": OFF + ["train.perf.compile=on", "train.perf.compile_mode=reduce-overhead"],
+    "ckpt": OFF + ["train.parallel.activation_checkpointing=true"],
     "auto": [],  # the trainer's defaults for the device
-    "auto+ckpt": ["parallel.activation_checkpointing=true"],
 }
 
 
@@ -84,7 +86,7 @@ class Bench:
     """One lever configuration: the system built once, stepped at each batch size."""
 
     def __init__(self, size: str, root: Path, bases: dict | None, sets: list[str], dev: torch.device):
-        self.cfg, self.bases = bench_config(size, root, [f"train.{s}" for s in sets], bases)
+        self.cfg, self.bases = bench_config(size, root, sets, bases)
         self.dev = dev
         self.levers: Levers = resolve_levers(self.cfg.train.perf, dev)
         torch.manual_seed(0)
@@ -124,17 +126,12 @@ class Bench:
         linearly with the batch) without activation checkpointing, whose recomputation is work
         the model does not need; the same step's loss is every configuration's first loss."""
         if getattr(self, "_flops", None) is None:
-            unets = (self.system.model.audio_unet, self.system.model.video_unet)
-            ckpt = self.cfg.train.parallel.activation_checkpointing
-            for unet in unets if ckpt else ():
-                unet.disable_gradient_checkpointing()
             forward_backward, _, losses = self.step_fn(random_batch(self.system, self.cfg, 1, self.dev),
                                                        torch.Generator(device=self.dev).manual_seed(1))
-            self._flops = count_flops(forward_backward)
+            with recomputation_off(self.system.model):
+                self._flops = count_flops(forward_backward)
             self.first_loss = float(losses[0])
             self.opt.zero_grad(set_to_none=True)
-            for unet in unets if ckpt else ():
-                unet.enable_gradient_checkpointing()
         return self._flops
 
     def measure(self, b: int, warmup: int, repeats: int, with_bases: bool) -> dict:
@@ -204,9 +201,7 @@ def main() -> None:
     batches = [int(b) for b in (args.batches or ("1,2" if size == "tiny" else "1,4,8")).split(",")]
     configs = [parse_levers(s) for s in (args.levers or ("eager" if size == "tiny" else "eager,auto")).split(",")]
     repeats = args.repeats or (10 if dev.type == "cuda" else 3)
-    extra = [s[len("train."):] if s.startswith("train.") else None for s in args.set]
-    if None in extra:
-        raise SystemExit("--set takes train.* keys here (e.g. train.parallel.activation_checkpointing=true)")
+    extra = list(args.set)
 
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     with tempfile.TemporaryDirectory() as tmp:

@@ -314,7 +314,9 @@ class ParallelConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     """Trained-module precision under DeepSpeed (bf16 keeps fp32 master weights)."""
     activation_checkpointing: bool = False
-    """Recompute the base UNets' block activations in backward (saves memory, costs compute)."""
+    """Recompute activations in backward (saves memory, costs compute): the base UNets' resnets
+    and transformers, the motion modules and the cross-modal blocks (under ZeRO-3 only the
+    frozen ones)."""
 
     def validate(self, where: str) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "must be 0, 1, 2 or 3")
@@ -322,15 +324,16 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class PerfConfig:
-    """Speed levers of the training step (benchmarks/mfu.py measures each). None changes the
-    maths: every lever gives the same losses as plain eager within the compute dtype's noise
-    (tests/test_perf.py). 'auto' is the fastest safe choice for the device: on for CUDA, off on
-    CPU, where the levers save little and compiling costs minutes."""
+    """Speed levers of the training step (benchmarks/mfu.py measures each; figures in
+    benchmarks/RESULTS.md). None changes the maths: every lever gives the same losses as plain
+    eager within the compute dtype's noise (tests/test_perf.py). 'auto' turns a lever on for CUDA
+    and off on CPU; the defaults are what measured fastest (or no slower) on an H200."""
 
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = "off"
     """torch.compile by region, in place (state_dict keys unchanged): each block of the two frozen
     UNets, plus the encoders and cross-modal blocks below ZeRO-3 (whose parameter hooks do not
-    trace). Regions compile once per shape, so the first steps are slow."""
+    trace). Regions compile once per shape, so the first steps are slow: at the paper's sizes
+    over 150 s on an H200 (16 CPU cores), whose pay-off is not measured yet, hence off."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
     """Inductor mode of the compiled regions; 'reduce-overhead' replays them as CUDA graphs
     (static shapes only)."""
@@ -338,10 +341,12 @@ class PerfConfig:
     """torch.compile backend: 'inductor' generates fused kernels (the speed); 'aot_eager' and
     'eager' only trace (to check a graph-capture problem apart from code generation; on CPU
     inductor needs minutes per region shape, aot_eager seconds)."""
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    """Channels-last memory format for the frozen UNets' convolutions (NHWC tensor-core kernels)."""
+    channels_last: Literal["auto", "on", "off"] = "off"
+    """Channels-last memory format for the frozen UNets' convolutions (NHWC kernels). Measured
+    6 % slower than the default layout on an H200 at batch 8, hence off; CUDA only."""
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
-    """One fused AdamW kernel over all trained weights (torch's fused=True) instead of a loop."""
+    """One fused AdamW kernel over all trained weights (torch's fused=True) instead of a loop
+    (on for CUDA: equal speed at the paper's sizes on an H200, fewer launches)."""
     attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     """Scaled-dot-product attention backend for every attention in the step ('auto': PyTorch
     picks per call; a named one is tried first, the others stay as fallbacks)."""

@@ -115,24 +115,54 @@ def test_frozen_weights_bitwise_unchanged_after_training(system_factory, motion)
         assert any("motion_modules" in n for n in changed)
 
 
-def test_activation_checkpointing_gives_the_same_gradients(system_factory):
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(system_factory):
+    """Recomputed in backward: the bases' blocks (diffusers), the motion modules and the
+    cross-modal blocks. Same gradients; far fewer activations kept for backward."""
     from svgen.config import LossConfig
-    from svgen.train.engine import enable_activation_checkpointing
+    from svgen.train.engine import enable_activation_checkpointing, recomputation_off
+    from svgen.train.perf import peak_live_bytes
 
-    grads = []
+    grads, kept = [], []
     for checkpointing in (False, True):
-        system = system_factory(seed=0)
-        for blocks in (system.model.blocks_a, system.model.blocks_v):
+        system = system_factory("model.train_motion_modules=true", seed=0)
+        model = system.model
+        for blocks in (model.blocks_a, model.blocks_v):
             for block in blocks.values():
                 torch.nn.init.normal_(block.proj_out.weight, std=0.05)
         if checkpointing:
-            enable_activation_checkpointing(system.model)
-            assert system.model.audio_unet.is_gradient_checkpointing
+            wrapped = enable_activation_checkpointing(model)
+            assert model.audio_unet.is_gradient_checkpointing and model.video_unet.is_gradient_checkpointing
+            assert {"video_unet.down_blocks.0.motion_modules.0", "video_unet.up_blocks.1.motion_modules.0",
+                    "encoder_v"} <= set(wrapped)
+            assert any(w.startswith("blocks_v.") for w in wrapped)
         g = torch.Generator().manual_seed(0)
         batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
                             *system.encode_text(["x"]))
-        loss, _ = system.loss(batch, LossConfig(x0_zero_prob=0.0), generator=torch.Generator().manual_seed(1))
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in system.model.named_trainable_parameters().items()})
+
+        def step():
+            loss, _ = system.loss(batch, LossConfig(x0_zero_prob=0.0), generator=torch.Generator().manual_seed(1))
+            loss.backward()
+
+        kept.append(peak_live_bytes(step))
+        grads.append({n: p.grad.clone() for n, p in model.named_trainable_parameters().items()})
+        if checkpointing:  # switched off for a while (FLOP counting), then back
+            with recomputation_off(model):
+                assert peak_live_bytes(step) == kept[0]
+            assert model.video_unet.is_gradient_checkpointing
+    assert any("motion_modules" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+    assert kept[1] < 0.5 * kept[0], kept
+
+
+def test_activation_checkpointing_under_zero3_leaves_trained_modules_alone(system_factory):
+    """ZeRO-3 gathers trained weights in hooks that must run once: only the frozen parts recompute
+    (diffusers' resnets and transformers); trained motion modules and added modules do not."""
+    from svgen.train.engine import enable_activation_checkpointing
+
+    model = system_factory("model.train_motion_modules=true").model
+    assert enable_activation_checkpointing(model, trained=False) == []
+    assert model.video_unet.is_gradient_checkpointing and model.audio_unet.is_gradient_checkpointing
+    frozen_motion = system_factory("model.train_motion_modules=false").model
+    wrapped = enable_activation_checkpointing(frozen_motion, trained=False)
+    assert wrapped and all(".motion_modules." in w for w in wrapped)

@@ -36,6 +36,16 @@ class RunState:
     forward_upsample_size: bool = False
 
 
+def unet_blocks(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The blocks a runner calls one by one, by name (down_blocks.i, mid_block, up_blocks.i): the
+    units that compiling or activation checkpointing can treat as regions."""
+    out = {f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks)}
+    if unet.mid_block is not None:
+        out["mid_block"] = unet.mid_block
+    out.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks)})
+    return out
+
+
 class UNetRunner:
     """Block-by-block driver; subclasses fill in the per-class details."""
 

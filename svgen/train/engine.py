@@ -9,9 +9,12 @@ them; ZeRO shards only the trained weights, their gradients and optimizer state.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
+import torch.utils.checkpoint
 
 from svgen.config import OptimConfig, TrainConfig
 from svgen.models.joint import JointModel
@@ -51,12 +54,69 @@ def lr_lambda(o: OptimConfig, steps: int):
     return f
 
 
-def enable_activation_checkpointing(model: JointModel) -> None:
-    """Recompute the frozen UNets' block activations in backward (diffusers' own mechanism)."""
+_recompute = True
+
+
+def _recomputed(forward, *args, **kwargs):
+    if torch.is_grad_enabled() and _recompute:
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def checkpoint_module(module: torch.nn.Module) -> None:
+    """Recompute ``module``'s activations in backward instead of keeping them (when grads are on)."""
+    if not isinstance(module.forward, functools.partial):  # once
+        module.forward = functools.partial(_recomputed, module.forward)
+
+
+@contextlib.contextmanager
+def recomputation_off(model: JointModel):
+    """Within: every activation is kept again (e.g. to count the model's own FLOPs, which
+    exclude recomputation)."""
+    global _recompute
+    unets = [u for u in (model.audio_unet, model.video_unet) if u.is_gradient_checkpointing]
+    for unet in unets:
+        unet.disable_gradient_checkpointing()
+    _recompute = False
+    try:
+        yield
+    finally:
+        _recompute = True
+        for unet in unets:
+            unet.enable_gradient_checkpointing()
+
+
+def enable_activation_checkpointing(model: JointModel, trained: bool = True) -> list[str]:
+    """Recompute activations in backward instead of keeping them; returns the recomputed regions
+    besides diffusers' own.
+
+    Small regions, so that backward never holds much recomputed at once: the UNets' resnets and
+    transformers (diffusers' mechanism), each motion module (which diffusers leaves out), and
+    with ``trained`` the environment encoders and the cross-modal blocks. At the paper's sizes
+    this peaks lower than whole UNet blocks as regions: 57.7 vs 71.5 GiB above the weights at
+    batch 16 (benchmarks/activation_memory.py; 249.9 GiB without recomputation).
+
+    ``trained=False`` under ZeRO-3, whose parameter-gathering hooks on trained modules must run
+    once: trained motion modules and the added modules are then left as they are."""
     # diffusers (0.42) checkpoints whenever grads are enabled, in eval mode too: the bases keep
     # eval mode (no dropout).
     for unet in (model.audio_unet, model.video_unet):
         unet.enable_gradient_checkpointing()
+    wrapped = []
+    if trained or not model.cfg.train_motion_modules:
+        for name, module in model.video_unet.named_modules():
+            if name.endswith("motion_modules"):
+                for i, m in enumerate(module):
+                    checkpoint_module(m)
+                    wrapped.append(f"video_unet.{name}.{i}")
+    if trained:
+        regions = {"encoder_a": model.encoder_a, "encoder_v": model.encoder_v}
+        regions.update({f"blocks_a.{k}": b for k, b in model.blocks_a.items()})
+        regions.update({f"blocks_v.{k}": b for k, b in model.blocks_v.items()})
+        for name, module in regions.items():
+            checkpoint_module(module)
+            wrapped.append(name)
+    return wrapped
 
 
 def make_optimizer(model: JointModel, o: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -74,7 +134,7 @@ def build_engine(model: JointModel, t: TrainConfig, world_size: int, fused_optim
     import deepspeed
 
     if t.parallel.activation_checkpointing:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model, trained=t.parallel.zero_stage < 3)
     opt = make_optimizer(model, t.optim, fused=fused_optimizer)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.optim, t.steps))
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,

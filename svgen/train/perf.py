@@ -18,13 +18,17 @@ that the training loop logs and ``benchmarks/mfu.py`` prints.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from svgen.config import PerfConfig
 from svgen.models.joint import JointModel
+from svgen.models.unet_runner import unet_blocks
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' datasheets, TFLOP/s, matched
 # against torch.cuda.get_device_name in order (the first substring that matches wins).
@@ -79,12 +83,7 @@ def compile_regions(model: JointModel, mode: str = "default", added: bool = True
             setattr(cfg, key, max(getattr(cfg, key), 64))
     regions: dict[str, torch.nn.Module] = {}
     for prefix, unet in (("audio_unet", model.audio_unet), ("video_unet", model.video_unet)):
-        for i, block in enumerate(unet.down_blocks):
-            regions[f"{prefix}.down_blocks.{i}"] = block
-        if unet.mid_block is not None:
-            regions[f"{prefix}.mid_block"] = unet.mid_block
-        for i, block in enumerate(unet.up_blocks):
-            regions[f"{prefix}.up_blocks.{i}"] = block
+        regions.update({f"{prefix}.{name}": block for name, block in unet_blocks(unet).items()})
     if added:
         regions["encoder_a"], regions["encoder_v"] = model.encoder_a, model.encoder_v
         for name, blocks in (("blocks_a", model.blocks_a), ("blocks_v", model.blocks_v)):
@@ -135,6 +134,44 @@ def count_flops(step: Callable[[], object]) -> int:
     with eager, FlopCounterMode(display=False) as counter:
         step()
     return int(counter.get_total_flops())
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the storages that ops run within have made and that are still alive, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: set[int] = set()
+        self.now = self.peak = 0
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live.discard(key)
+        self.now -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata  # the C++ storage: also tells meta storages apart (no data pointer)
+                if key not in self.live:
+                    self.live.add(key)
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                    # The Python storage object lives as long as its C++ storage (PyObject preservation).
+                    weakref.finalize(storage, self._freed, key, storage.nbytes())
+        return out
+
+
+def peak_live_bytes(step: Callable[[], object]) -> int:
+    """Peak bytes of tensors that ``step`` allocates and holds at once (activations, gradients,
+    temporaries; not what existed before, such as the weights). Works on any device, the meta
+    device included, so a step can be sized at real shapes without the memory
+    (benchmarks/activation_memory.py: with the weights and AdamW state added, within a few per cent
+    of an H200's measured peak)."""
+    with _LiveBytes() as live:
+        step()
+    return live.peak
 
 
 def card_peak_tflops(device: torch.device, configured: float = 0.0, dtype: str = "bfloat16") -> float | None:
