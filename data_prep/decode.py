@@ -68,8 +68,11 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
             yield from _window_errors(p, windows, "decode_audio", e)
             return
     offsets = np.arange(data.num_frames) / data.fps
-    reader = decord_reader(p.path) if prep.video_backend in ("auto", "decord") else None
-    if reader is None and prep.video_backend == "decord":
+    # decord applies a display rotation itself (svgen would turn the frames twice) and fails on
+    # 180 degrees: rotated inputs always take PyAV, whose frames match what ffmpeg displays.
+    upright = p.rotation % 360 == 0
+    reader = decord_reader(p.path) if prep.video_backend in ("auto", "decord") and upright else None
+    if reader is None and prep.video_backend == "decord" and upright:
         yield from _window_errors(p, windows, "decode_video", "decord could not read valid frame timestamps")
         return
     backend = "decord" if reader is not None else "pyav"
@@ -82,7 +85,7 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
             frames_u, picked_u, damaged = pyav_frames(p.path, targets, p.rotation, data.size)
             decoded = (frames_u[inverse], picked_u[inverse])
         except (av.error.FFmpegError, ValueError, RuntimeError) as e:
-            reader = decord_reader(p.path)  # the other decoder before giving up
+            reader = decord_reader(p.path) if upright else None  # the other decoder before giving up
             if reader is None:
                 yield from _window_errors(p, windows, "decode_video", _unreadable(e))
                 return

@@ -230,7 +230,8 @@ class PrepConfig:
     video_backend: Literal["auto", "decord", "pyav"] = "pyav"
     """Frame decoder: 'pyav' (one pass per input, honours the stream's start time and display
     rotation, flat memory); 'decord' (random access; it ignores a late-starting video stream's
-    offset, applies rotation itself and fails on some small frames); 'auto' uses decord where it
+    offset and fails on some small frames; rotated inputs go through PyAV whatever is chosen,
+    since decord turns them itself and fails at 180 degrees); 'auto' uses decord where it
     reports valid timestamps, else PyAV."""
     workers: int = 0
     """Parallel Ray tasks; 0 uses every CPU Ray sees."""
