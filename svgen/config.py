@@ -66,6 +66,10 @@ class AudioBaseConfig:
 
     path: str = "checkpoints/audioldm-m-full"
     """Local directory in diffusers layout: unet/, vae/, vocoder/, text_encoder/ (CLAP), tokenizer/."""
+    vocoder: Literal["hifigan", "griffin_lim"] = "hifigan"
+    """Mel -> waveform: the checkpoint's HiFi-GAN (vocoder/), or Griffin-Lim phase recovery from
+    the mel settings in ``data`` (no vocoder/ needed: bases trained without one, e.g. the
+    ablation's; slower and rougher)."""
     architecture: str = "audioldm-m-full"
     """The UNet's shape when no checkpoint is at ``path`` (python -m svgen.models.count); see
     svgen/models/architectures.py."""

@@ -35,7 +35,7 @@ def generate(system: JointSystem, prompts: list[str], data: DataConfig, cfg: Sam
                              shapes=(shape_a, shape_v), cfg=cfg, generator=gen, progress=progress,
                              given_a=given_a, given_v=given_v)
     frames = decode_video(system.video, z_v)
-    wave = decode_audio(system.audio, z_a, data.num_samples)
+    wave = decode_audio(system.audio, z_a, data.num_samples, data)
     system.model.train(was_training)
     return frames, wave
 

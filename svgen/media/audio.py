@@ -12,7 +12,7 @@ import torchaudio
 
 from svgen.config import DataConfig
 
-__all__ = ["LOG_FLOOR", "LogMel", "log_mel", "pad_frames"]
+__all__ = ["LOG_FLOOR", "LogMel", "log_mel", "mel_to_wave", "pad_frames"]
 
 LOG_FLOOR = math.log(1e-5)
 """log(clamp(x, 1e-5)): the value of silence in a log-mel, also used to pad mel frames."""
@@ -34,6 +34,31 @@ def _mel_transform(sample_rate: int, n_mels: int, hop_length: int, win_length: i
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
         f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney", center=True)
+
+
+def mel_to_wave(mel: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
+                fmax: float, n_iter: int = 64) -> torch.Tensor:
+    """Log-mel (..., frames, n_mels) in ``log_mel``'s convention -> waveform (..., frames * hop):
+    the mel filterbank inverted by least squares, then Griffin-Lim phase recovery. The vocoder
+    of bases without a trained one (model.audio.vocoder=griffin_lim); slower and rougher than
+    HiFi-GAN, but onsets and spectra survive."""
+    mag = torch.exp(mel.float()).transpose(-1, -2)                              # (..., n_mels, frames)
+    linear = _inverse_mel(sample_rate, n_mels, win_length, fmax).to(mel.device)(mag).clamp_min(0)
+    gl = _griffin_lim(win_length, hop_length, n_iter).to(mel.device)
+    wave = gl(linear)
+    return wave[..., : mel.shape[-2] * hop_length]
+
+
+@functools.lru_cache(maxsize=8)
+def _inverse_mel(sample_rate: int, n_mels: int, win_length: int, fmax: float):
+    return torchaudio.transforms.InverseMelScale(n_stft=win_length // 2 + 1, n_mels=n_mels, sample_rate=sample_rate,
+                                                 f_min=0.0, f_max=fmax, norm="slaney", mel_scale="slaney")
+
+
+@functools.lru_cache(maxsize=8)
+def _griffin_lim(win_length: int, hop_length: int, n_iter: int):
+    return torchaudio.transforms.GriffinLim(n_fft=win_length, win_length=win_length, hop_length=hop_length,
+                                            power=1.0, n_iter=n_iter, momentum=0.99, rand_init=False)
 
 
 class LogMel(torch.nn.Module):

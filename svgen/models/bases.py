@@ -68,11 +68,12 @@ def _freeze(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 @dataclass
 class AudioBase:
-    """AudioLDM: UNet over mel-VAE latents, CLAP text embedding as class label, HiFi-GAN vocoder."""
+    """AudioLDM: UNet over mel-VAE latents, CLAP text embedding as class label, HiFi-GAN vocoder
+    (None: Griffin-Lim, see svgen.models.codec.decode_audio)."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    vocoder: SpeechT5HifiGan
+    vocoder: SpeechT5HifiGan | None
     text_encoder: ClapTextModelWithProjection
     tokenizer: object
 
@@ -127,17 +128,21 @@ class VideoBase:
         return [p for n, p in self.unet.named_parameters() if "motion_modules" in n]
 
 
-def load_audio_base(path: str | Path, dtype: torch.dtype = torch.float32) -> AudioBase:
-    """Load and freeze AudioLDM from a local diffusers-layout directory."""
+def load_audio_base(path: str | Path, dtype: torch.dtype = torch.float32, vocoder: str = "hifigan") -> AudioBase:
+    """Load and freeze AudioLDM from a local diffusers-layout directory (without its vocoder/
+    when ``vocoder`` is 'griffin_lim')."""
     root = _require_dir(Path(path), "audio base (AudioLDM)")
     what = f"audio base at '{root}'"
     kw = {"low_cpu_mem_usage": False}
     unet = UNet2DConditionModel.from_pretrained(_require_model(root / "unet", "diffusers", what), **kw)
     vae = AutoencoderKL.from_pretrained(_require_model(root / "vae", "diffusers", what), **kw)
-    vocoder = SpeechT5HifiGan.from_pretrained(_require_model(root / "vocoder", "transformers", what))
+    hifigan = None
+    if vocoder == "hifigan":
+        hifigan = _freeze(SpeechT5HifiGan.from_pretrained(_require_model(root / "vocoder", "transformers", what)),
+                          torch.float32)
     text = ClapTextModelWithProjection.from_pretrained(_require_model(root / "text_encoder", "transformers", what))
     tokenizer = AutoTokenizer.from_pretrained(_require_tokenizer(root / "tokenizer", what))
-    return AudioBase(unet=_freeze(unet, dtype), vae=_freeze(vae, dtype), vocoder=_freeze(vocoder, torch.float32),
+    return AudioBase(unet=_freeze(unet, dtype), vae=_freeze(vae, dtype), vocoder=hifigan,
                      text_encoder=_freeze(text, torch.float32), tokenizer=tokenizer)
 
 

@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 
 from svgen.config import DataConfig
-from svgen.media.audio import LogMel, pad_frames
+from svgen.media.audio import LogMel, mel_to_wave, pad_frames
 from svgen.models.bases import AudioBase, VideoBase
 
 
@@ -95,12 +95,19 @@ def decode_video(video: VideoBase, z: torch.Tensor, chunk: int = 16) -> torch.Te
 
 
 @torch.no_grad()
-def decode_audio(audio: AudioBase, z: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """(B, Ca, T, F) latents -> (B, num_samples) float waveform: VAE -> mel -> vocoder, then cut."""
+def decode_audio(audio: AudioBase, z: torch.Tensor, num_samples: int, data: DataConfig | None = None) -> torch.Tensor:
+    """(B, Ca, T, F) latents -> (B, num_samples) float waveform: VAE -> mel -> vocoder (HiFi-GAN,
+    or Griffin-Lim with ``data``'s mel settings when the base has none), then cut or padded."""
     vae = audio.vae
     mel = vae.decode((z / _scaling(vae)).to(vae.dtype)).sample.float()       # (B, 1, frames, n_mels)
     voc = audio.vocoder
-    wave = voc(mel[:, 0].to(voc.dtype)).float()
+    if voc is None:
+        if data is None:
+            raise ValueError("this audio base has no vocoder (model.audio.vocoder=griffin_lim): decoding needs "
+                             "the data config's mel settings")
+        wave = mel_to_wave(mel[:, 0], data.sample_rate, data.n_mels, data.hop_length, data.win_length, data.fmax)
+    else:
+        wave = voc(mel[:, 0].to(voc.dtype)).float()
     if wave.ndim == 1:
         wave = wave[None]
     if wave.shape[-1] < num_samples:

@@ -107,7 +107,7 @@ class JointSystem:
 def build_system(cfg: Config, seed: int | None = None) -> JointSystem:
     """Load the bases named by ``cfg.model`` and build the joint model (added modules seeded)."""
     dtype = DTYPES[cfg.model.base_dtype]
-    audio = load_audio_base(cfg.model.audio.path, dtype)
+    audio = load_audio_base(cfg.model.audio.path, dtype, vocoder=cfg.model.audio.vocoder)
     video = load_video_base(cfg.model.video.path, cfg.model.video.motion_adapter_path, dtype)
     torch.manual_seed(cfg.train.seed if seed is None else seed)
     model = JointModel(audio, video, cfg.model, fps=cfg.data.fps)
