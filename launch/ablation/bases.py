@@ -100,3 +100,93 @@ def pretrain_autoencoders(audio_dir: Path, video_dir: Path, batches: Iterable[di
     results["audio"] = fit_vae(audio_vae, cycle(batches, "wave", lambda w: waves_to_mels(w, data, multiple)), steps, lr)
     audio_vae.save_pretrained(audio_dir / "vae")
     return results
+
+
+def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor], params: list[torch.nn.Parameter],
+                  batches: Iterator[dict], schedule, steps: int, lr: float, seed: int) -> FitResult:
+    """The bases' own objective (METHOD.md: epsilon or v prediction, uniform t) on one modality."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        batch = next(batches)
+        x0 = batch["latents"]
+        t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        out = forward(schedule.add_noise(x0, eps, t), t, batch)
+        loss = torch.nn.functional.mse_loss(out.float(), schedule.target(x0, eps, t).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    head, tail = losses[: min(20, len(losses))], losses[-min(20, len(losses)):]
+    return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), float("nan"))
+
+
+def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 2e-4) -> dict[str, FitResult]:
+    """Train the audio UNet (AudioLDM: CLAP text embedding as class label) and the video UNet with
+    its motion modules (AnimateDiff: CLIP context per frame), each alone, on the latents of the
+    fitted autoencoders, then save them back in place: audio/unet, video/unet and the motion
+    adapter, each in its diffusers layout. ``cfg`` is the joint config whose model paths name the
+    bases (as joint training will load them)."""
+    from svgen.diffusion.schedule import Schedule
+    from svgen.models.codec import audio_posterior, video_posterior
+    from svgen.system import build_system
+
+    torch.manual_seed(seed)
+    system = build_system(cfg)
+    audio, video = system.audio, system.video
+    g = torch.Generator().manual_seed(seed + 1)
+    encoded = []
+    for batch in batches:  # latents drawn once from the frozen autoencoders' posteriors
+        captions = list(batch["caption"])
+        encoded.append({"a": audio_posterior(audio, batch["wave"], cfg.data).sample(g),
+                        "v": video_posterior(video, batch["frames"]).sample(g),
+                        "text_a": audio.encode_text(captions), "text_v": video.encode_text(captions)})
+    if not encoded:
+        raise ValueError("no training batches: the corpus is empty")
+
+    def cycle_latents(key: str) -> Iterator[dict]:
+        while True:
+            for e in encoded:
+                yield {**e, "latents": e[key]}
+
+    results = {}
+    unet_a = audio.unet
+    unet_a.requires_grad_(True).train()
+    multiple = 2 ** unet_a.num_upsamplers
+
+    def audio_forward(z, t, batch):
+        extra = (-z.shape[2]) % multiple  # the UNet's downsampling needs whole latent frames
+        z = torch.nn.functional.pad(z, (0, 0, 0, extra))
+        return unet_a(z, t, None, class_labels=batch["text_a"]).sample[:, :, : batch["a"].shape[2]]
+
+    results["audio"] = _fit_denoiser(audio_forward, list(unet_a.parameters()), cycle_latents("a"),
+                                     Schedule(cfg.model.audio.schedule), steps, lr, seed)
+    unet_a.eval().requires_grad_(False)
+    unet_a.save_pretrained(Path(cfg.model.audio.path) / "unet")
+
+    unet_v = video.unet
+    unet_v.requires_grad_(True).train()
+
+    def video_forward(z, t, batch):
+        context = batch["text_v"].repeat_interleave(z.shape[2], 0)  # one context per frame
+        return unet_v(z, t, context).sample
+
+    results["video"] = _fit_denoiser(video_forward, list(unet_v.parameters()), cycle_latents("v"),
+                                     Schedule(cfg.model.video.schedule), steps, lr, seed)
+    unet_v.eval().requires_grad_(False)
+    # Back to the two checkpoints the real path reads: the SD-layout UNet and the motion adapter.
+    from diffusers import UNet2DConditionModel
+
+    spatial = UNet2DConditionModel.from_pretrained(Path(cfg.model.video.path) / "unet")
+    state = {k: v for k, v in unet_v.state_dict().items() if "motion_modules" not in k}
+    missing, unexpected = spatial.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"the video UNet's spatial weights do not map back to the SD layout: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    spatial.save_pretrained(Path(cfg.model.video.path) / "unet")
+    unet_v.save_motion_modules(cfg.model.video.motion_adapter_path)
+    return results
