@@ -1,18 +1,24 @@
 """The controlled ablation of issue 12: does CMC-PE (and timestep adjustment) teach sync?
 
     python -m launch.ablation make-data --out runs/ablation/data [--train 240 --test 60]
+    python -m launch.ablation make-bases --data runs/ablation/data --out runs/ablation/bases
 
 make-data writes the synthetic "hits" corpus (launch/ablation/hits.py): a train and a test split
 from different seeds, each as mp4 clips (H.264 + AAC) with the ground-truth impact times in
 impacts.json, then shards each split with the real data prep (data_prep.run, Ray on this
-machine). Finished work is skipped on a rerun: a complete split is not written again, and data
-prep skips shards it has already written.
+machine). make-bases pre-trains the tiny audio and video bases on the train shards, each alone
+(launch/ablation/bases.py), into the diffusers layout that configs/ablation.yaml points at.
+Finished work is skipped on a rerun: a complete split is not written again, data prep skips
+shards it has already written, and bases whose bases.json matches the request are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from launch.ablation.hits import MEDIA, Spec, write_split
@@ -21,10 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_SEED_OFFSET = 1_000_003  # the test split never shares a clip seed with the train split
 
 
+CONFIG = ROOT / "configs" / "ablation.yaml"
+
+
 def prep_config(spec: Spec, workers: int):
     from svgen.config import load_config
 
-    return load_config(ROOT / "configs" / "tiny.yaml", [
+    return load_config(CONFIG, [
         f"data.seconds={spec.seconds}", f"data.fps={spec.fps}", f"data.size={spec.size}",
         f"data.sample_rate={spec.sample_rate}", f"prep.workers={workers}", "prep.min_shards=1"])
 
@@ -47,6 +56,45 @@ def make_data(out: Path, n_train: int, n_test: int, seed: int, spec: Spec, prep:
     return result
 
 
+def make_bases(data: Path, out: Path, vae_steps: int, unet_steps: int, width: int = 16, seed: int = 0,
+               batch_size: int = 8) -> Path:
+    """Tiny bases pre-trained on ``data``/train/shards under ``out`` (audioldm/, sd15/,
+    motion_adapter/), with what was done in out/bases.json, written last: a matching one means
+    the bases are complete and they are left as they are."""
+    import torch
+
+    from svgen.config import load_config
+    from svgen.data.loader import make_loader
+    from svgen.fileio import write_json
+    from svgen.models.tiny import build_tiny_bases
+
+    from launch.ablation.bases import pretrain_autoencoders, pretrain_denoisers
+
+    truth = data / "train" / "impacts.json"
+    if not truth.is_file():
+        raise FileNotFoundError(f"{truth} is missing: run python -m launch.ablation make-data --out {data} first")
+    spec = json.loads(truth.read_text())["spec"]
+    want = {"data": str(data.resolve()), "vae_steps": vae_steps, "unet_steps": unet_steps, "width": width,
+            "seed": seed, "batch_size": batch_size, "spec": spec}
+    record = out / "bases.json"
+    if record.is_file() and {k: json.loads(record.read_text()).get(k) for k in want} == want:
+        return record
+    t0 = time.time()
+    bases = build_tiny_bases(out, n_mels=64, sample_rate=spec["sample_rate"], width=width, seed=seed)
+    cfg = load_config(CONFIG, [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
+                               f"model.video.motion_adapter_path={bases['motion_adapter']}",
+                               f"data.seconds={spec['seconds']}", f"data.fps={spec['fps']}", f"data.size={spec['size']}",
+                               f"data.sample_rate={spec['sample_rate']}"])
+    torch.manual_seed(seed)
+    batches = list(make_loader(data / "train" / "shards", batch_size, seed=seed))  # small: kept in memory
+    print(f"make-bases: {len(batches)} batches of {batch_size} clips; autoencoders {vae_steps} steps, "
+          f"UNets {unet_steps} steps", flush=True)
+    fits = pretrain_autoencoders(bases["audio"], bases["video"], batches, cfg.data, vae_steps, seed)
+    fits |= {f"unet_{k}": v for k, v in pretrain_denoisers(cfg, batches, unet_steps, seed).items()}
+    write_json(record, {**want, "seconds": time.time() - t0, "fits": {k: asdict(v) for k, v in fits.items()}}, indent=1)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch.ablation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     mk.add_argument("--max-hits", type=int, default=Spec.max_hits, help="impacts per clip, 0 to this (default: %(default)s)")
     mk.add_argument("--workers", type=int, default=2, help="Ray workers of data prep (default: %(default)s)")
     mk.add_argument("--no-prep", action="store_true", help="write the clips only, no shards")
+    mb = sub.add_parser("make-bases", help="pre-train the tiny audio and video bases on the corpus' train split")
+    mb.add_argument("--data", default="runs/ablation/data", help="make-data's --out (default: %(default)s)")
+    mb.add_argument("--out", default="runs/ablation/bases", help="where the bases go (default: %(default)s, "
+                                                                  "as configs/ablation.yaml expects)")
+    mb.add_argument("--vae-steps", type=int, default=600, help="autoencoder steps, each base (default: %(default)s)")
+    mb.add_argument("--unet-steps", type=int, default=2000, help="UNet steps, each base (default: %(default)s)")
+    mb.add_argument("--width", type=int, default=16, help="UNet base width (default: %(default)s)")
+    mb.add_argument("--batch-size", type=int, default=8, help="clips per step (default: %(default)s)")
+    mb.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.command == "make-bases":
+        record = make_bases(Path(args.data), Path(args.out), args.vae_steps, args.unet_steps, args.width, args.seed,
+                            args.batch_size)
+        print(f"bases: {record.parent} ({record.name})")
     if args.command == "make-data":
         if min(args.train, args.test) < 1:
             ap.error("--train and --test need at least one clip each")
