@@ -42,8 +42,14 @@ def waves_to_mels(wave: torch.Tensor, data: DataConfig, multiple: int) -> torch.
     return pad_frames(LogMel(data)(wave), multiple)[:, None]
 
 
+def _bar(steps: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(range(steps), desc=desc, unit="step", mininterval=2.0)
+
+
 def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: float = 1e-3,
-            kl_weight: float = 1e-6, progress: Callable[[int, float], None] | None = None) -> FitResult:
+            kl_weight: float = 1e-6, desc: str = "autoencoder") -> FitResult:
     """Train ``vae`` to reconstruct ``inputs`` (MSE + a small KL, as SD's VAE objective without
     the adversarial and perceptual terms, which a 64-pixel corpus does not need), then set its
     scaling factor to 1 / std of the latents of a last batch. Leaves it frozen in eval mode."""
@@ -52,7 +58,8 @@ def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: 
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
-    for step in range(steps):
+    bar = _bar(steps, desc)
+    for _ in bar:
         x = next(inputs)
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample()).sample
@@ -63,8 +70,7 @@ def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: 
         opt.step()
         sched.step()
         losses.append(rec.item())
-        if progress is not None:
-            progress(step, losses[-1])
+        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     vae.eval()
     vae.requires_grad_(False)
     with torch.no_grad():
@@ -93,23 +99,25 @@ def pretrain_autoencoders(audio_dir: Path, video_dir: Path, batches: Iterable[di
     results = {}
     torch.manual_seed(seed)
     video_vae = AutoencoderKL.from_pretrained(video_dir / "vae")
-    results["video"] = fit_vae(video_vae, cycle(batches, "frames", frames_to_images), steps, lr)
+    results["video"] = fit_vae(video_vae, cycle(batches, "frames", frames_to_images), steps, lr, desc="video VAE")
     video_vae.save_pretrained(video_dir / "vae")
     audio_vae = AutoencoderKL.from_pretrained(audio_dir / "vae")
     multiple = 2 ** (len(audio_vae.config.block_out_channels) - 1)
-    results["audio"] = fit_vae(audio_vae, cycle(batches, "wave", lambda w: waves_to_mels(w, data, multiple)), steps, lr)
+    results["audio"] = fit_vae(audio_vae, cycle(batches, "wave", lambda w: waves_to_mels(w, data, multiple)), steps, lr,
+                               desc="mel VAE")
     audio_vae.save_pretrained(audio_dir / "vae")
     return results
 
 
 def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor], params: list[torch.nn.Parameter],
-                  batches: Iterator[dict], schedule, steps: int, lr: float, seed: int) -> FitResult:
+                  batches: Iterator[dict], schedule, steps: int, lr: float, seed: int, desc: str) -> FitResult:
     """The bases' own objective (METHOD.md: epsilon or v prediction, uniform t) on one modality."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in range(steps):
+    bar = _bar(steps, desc)
+    for _ in bar:
         batch = next(batches)
         x0 = batch["latents"]
         t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=g)
@@ -121,6 +129,7 @@ def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Te
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     head, tail = losses[: min(20, len(losses))], losses[-min(20, len(losses)):]
     return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), float("nan"))
 
@@ -164,7 +173,7 @@ def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, 
         return unet_a(z, t, None, class_labels=batch["text_a"]).sample[:, :, : batch["a"].shape[2]]
 
     results["audio"] = _fit_denoiser(audio_forward, list(unet_a.parameters()), cycle_latents("a"),
-                                     Schedule(cfg.model.audio.schedule), steps, lr, seed)
+                                     Schedule(cfg.model.audio.schedule), steps, lr, seed, "audio UNet")
     unet_a.eval().requires_grad_(False)
     unet_a.save_pretrained(Path(cfg.model.audio.path) / "unet")
 
@@ -176,7 +185,7 @@ def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, 
         return unet_v(z, t, context).sample
 
     results["video"] = _fit_denoiser(video_forward, list(unet_v.parameters()), cycle_latents("v"),
-                                     Schedule(cfg.model.video.schedule), steps, lr, seed)
+                                     Schedule(cfg.model.video.schedule), steps, lr, seed, "video UNet")
     unet_v.eval().requires_grad_(False)
     # Back to the two checkpoints the real path reads: the SD-layout UNet and the motion adapter.
     from diffusers import UNet2DConditionModel
