@@ -29,7 +29,8 @@ class FitResult:
     """Mean reconstruction loss of the first 10 steps."""
     loss_last: float
     """Mean reconstruction loss of the last 10 steps."""
-    scaling_factor: float
+    scaling_factor: float | None
+    """The autoencoders' latent scaling (None for the denoisers)."""
 
 
 def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Te
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     head, tail = losses[: min(20, len(losses))], losses[-min(20, len(losses)):]
-    return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), float("nan"))
+    return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), None)
 
 
 def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 2e-4) -> dict[str, FitResult]:
