@@ -104,6 +104,8 @@ class Bench:
             enable_activation_checkpointing(self.system.model)
         apply_levers(self.system.model, self.levers)
         self.opt = make_optimizer(self.system.model, self.cfg.train.optim, fused=self.levers.fused_optimizer)
+        self._flops: int | None = None
+        self.first_loss = float("nan")
 
     def step_fn(self, batch, gen):
         system, loss_cfg, opt, attention = self.system, self.cfg.train.loss, self.opt, self.levers.attention
@@ -125,7 +127,7 @@ class Bench:
         """Model FLOPs of one sample's step, counted on an eager batch-1 step (FLOPs grow
         linearly with the batch) without activation checkpointing, whose recomputation is work
         the model does not need; the same step's loss is every configuration's first loss."""
-        if getattr(self, "_flops", None) is None:
+        if self._flops is None:
             forward_backward, _, losses = self.step_fn(random_batch(self.system, self.cfg, 1, self.dev),
                                                        torch.Generator(device=self.dev).manual_seed(1))
             with recomputation_off(self.system.model):

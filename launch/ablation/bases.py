@@ -49,6 +49,27 @@ def _bar(steps: int, desc: str):
     return tqdm(range(steps), desc=desc, unit="step", mininterval=2.0)
 
 
+def _optimise(params: list[torch.nn.Parameter], losses: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int,
+              lr: float, desc: str, window: int) -> tuple[float, float]:
+    """AdamW with a cosine schedule over ``steps`` calls of ``losses`` (-> the loss to minimise and
+    the one to report), with a progress bar; returns the mean reported loss of the first and of
+    the last ``window`` steps."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    shown = []
+    bar = _bar(steps, desc)
+    for _ in bar:
+        loss, reported = losses()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        shown.append(reported.item())
+        bar.set_postfix(loss=f"{shown[-1]:.4g}", refresh=False)
+    head, tail = shown[: min(window, len(shown))], shown[-min(window, len(shown)):]
+    return sum(head) / len(head), sum(tail) / len(tail)
+
+
 def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: float = 1e-3,
             kl_weight: float = 1e-6, desc: str = "autoencoder") -> FitResult:
     """Train ``vae`` to reconstruct ``inputs`` (MSE + a small KL, as SD's VAE objective without
@@ -56,29 +77,20 @@ def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: 
     scaling factor to 1 / std of the latents of a last batch. Leaves it frozen in eval mode."""
     vae.train()
     vae.requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    bar = _bar(steps, desc)
-    for _ in bar:
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
         x = next(inputs)
         dist = vae.encode(x).latent_dist
-        recon = vae.decode(dist.sample()).sample
-        rec = torch.nn.functional.mse_loss(recon, x)
-        loss = rec + kl_weight * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(rec.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        rec = torch.nn.functional.mse_loss(vae.decode(dist.sample()).sample, x)
+        return rec + kl_weight * dist.kl().mean(), rec
+
+    first, last = _optimise(list(vae.parameters()), losses, steps, lr, desc, window=10)
     vae.eval()
     vae.requires_grad_(False)
     with torch.no_grad():
         std = float(vae.encode(next(inputs)).latent_dist.mean.std())
     vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-    head, tail = losses[: min(10, len(losses))], losses[-min(10, len(losses)):]
-    return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), 1.0 / max(std, 1e-6))
+    return FitResult(steps, first, last, 1.0 / max(std, 1e-6))
 
 
 def cycle(batches: Iterable[dict], key: str, convert: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -120,26 +132,19 @@ def pretrain_autoencoders(audio_dir: Path, video_dir: Path, batches: Iterable[di
 def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor], params: list[torch.nn.Parameter],
                   batches: Iterator[dict], schedule, steps: int, lr: float, seed: int, desc: str) -> FitResult:
     """The bases' own objective (METHOD.md: epsilon or v prediction, uniform t) on one modality."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = _bar(steps, desc)
-    for _ in bar:
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(batches)
         x0 = batch["latents"]
         t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         out = forward(schedule.add_noise(x0, eps, t), t, batch)
         loss = torch.nn.functional.mse_loss(out.float(), schedule.target(x0, eps, t).float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-    head, tail = losses[: min(20, len(losses))], losses[-min(20, len(losses)):]
-    return FitResult(steps, sum(head) / len(head), sum(tail) / len(tail), None)
+        return loss, loss
+
+    first, last = _optimise(params, losses, steps, lr, desc, window=20)
+    return FitResult(steps, first, last, None)
 
 
 def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 2e-4) -> dict[str, FitResult]:
