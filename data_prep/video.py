@@ -60,30 +60,44 @@ def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int
     damaged: list[float] = []
     prev = None  # (time, frame) of the last decoded frame
     k = 0
+
+    def take(decoded) -> None:
+        nonlocal prev, k
+        for fr in decoded:
+            t = fr.time if fr.time is not None else ((prev[0] + 1e-3) if prev else 0.0)
+            if getattr(fr, "is_corrupt", False):
+                damaged.append(t)
+            # Every target before this frame's time shows the previous frame (or this one
+            # when nothing came before: the first frame stands in for earlier times).
+            while k < len(targets) and targets[k] + 1e-6 < t:
+                src_t, src = prev if prev is not None else (t, fr)
+                out[k] = prepare_frames(src.to_ndarray(format="rgb24")[None], rotation, size)[0]
+                picked[k] = src_t
+                k += 1
+            prev = (t, fr)
+
     with av.open(path) as c:
-        for pkt in c.demux(c.streams.video[0]):
-            if pkt.size == 0:  # an empty packet would flush the decoder for good
+        stream, flush = c.streams.video[0], None
+        for pkt in c.demux(stream):
+            if pkt.size == 0:  # flushes the decoder for good: only the stream's last one is used
+                flush = pkt
                 continue
+            flush = None
             try:
-                decoded = pkt.decode()
+                take(pkt.decode())
             except av.error.FFmpegError:
                 if pkt.pts is not None:
                     damaged.append(float(pkt.pts * pkt.time_base))
                 continue
-            for fr in decoded:
-                t = fr.time if fr.time is not None else ((prev[0] + 1e-3) if prev else 0.0)
-                if getattr(fr, "is_corrupt", False):
-                    damaged.append(t)
-                # Every target before this frame's time shows the previous frame (or this one
-                # when nothing came before: the first frame stands in for earlier times).
-                while k < len(targets) and targets[k] + 1e-6 < t:
-                    src_t, src = prev if prev is not None else (t, fr)
-                    out[k] = prepare_frames(src.to_ndarray(format="rgb24")[None], rotation, size)[0]
-                    picked[k] = src_t
-                    k += 1
-                prev = (t, fr)
             if k == len(targets):
                 break
+        else:
+            # End of stream: the last (empty) packet drains the frames the decoder still holds
+            # (B-frame reordering and frame threading keep the last few back until then).
+            try:
+                take(flush.decode() if flush is not None else [])
+            except av.error.FFmpegError:
+                pass
     while k < len(targets) and prev is not None:
         out[k] = prepare_frames(prev[1].to_ndarray(format="rgb24")[None], rotation, size)[0]
         picked[k] = prev[0]

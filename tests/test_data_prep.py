@@ -101,6 +101,21 @@ def test_backends_agree(tmp_path, backend):
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_a_window_ending_at_the_end_of_the_file_keeps_its_last_frames(tmp_path, backend):
+    # H.264 holds its last frames back (B-frame reordering) until the decoder is flushed: PyAV
+    # used to drop them and repeat the one before (frame_pts 3.625, 3.625, 3.625 on a 4 s clip).
+    from svgen.media.mp4 import write_mp4
+
+    fps, n = 8, 32
+    frames = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None] * 7 + 10, 64, 1).repeat(64, 2).repeat(3, 3)
+    path = write_mp4(tmp_path / "ramp.mp4", frames, fps, np.zeros(16000 * 4, np.float32), 16000)
+    _, clips = _clips(path, _cfg("data.seconds=4.0", f"prep.video_backend={backend}"))
+    assert clips[-1].meta["frame_pts"] == pytest.approx(list(np.arange(n) / fps), abs=1e-4)
+    means = clips[-1].frames.reshape(n, -1).mean(1)
+    assert np.all(np.diff(means) > 3), means  # every frame its own, none repeated
+
+
 def test_real_media(tmp_path):
     """Each real clip yields exact-size clips: VFR, audio longer than video, odd height, 8-bit PCM
     at 11.025 kHz, theora/vorbis in ogg, AVI without usable pts in decord."""
