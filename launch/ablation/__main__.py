@@ -2,6 +2,8 @@
 
     python -m launch.ablation make-data --out runs/ablation/data [--train 240 --test 60]
     python -m launch.ablation make-bases --data runs/ablation/data --out runs/ablation/bases
+    python -m launch.ablation run --out runs/ablation           # everything below, then the report
+    python -m launch.ablation run --smoke --out /tmp/ablation   # every stage at toy size (CI)
 
 make-data writes the synthetic "hits" corpus (launch/ablation/hits.py): a train and a test split
 from different seeds, each as mp4 clips (H.264 + AAC) with the ground-truth impact times in
@@ -13,6 +15,14 @@ about 22 min (measured per step at batch 8: mel VAE 0.24 s, image VAE 0.09 s on 
 audio UNet 0.21 s, video UNet 0.34 s).
 Finished work is skipped on a rerun: a complete split is not written again, data prep skips
 shards it has already written, and bases whose bases.json matches the request are kept.
+
+run does it all (launch/ablation/experiment.py): the corpus and the bases under --out, then each
+variant (independent, xattn_pooled, xattn_seq, cmcpe) trained with each seed, sampled on the
+test prompts with gamma 1 and 1.5 (CMC-PE also with a sweep), measured (AV-Align, onset-impact
+timing error, match rates, held-out denoising losses) next to the real clips' ceiling and floor.
+It writes results.json, results.md and results.png under --out; every variant x seed is an
+MLflow run of the experiment 'ablation' in --out/mlflow.db (mlflow ui --backend-store-uri
+sqlite:///DIR/mlflow.db). Each stage's result is written last and skipped on a rerun.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ def make_data(out: Path, n_train: int, n_test: int, seed: int, spec: Spec, prep:
 
 
 def make_bases(data: Path, out: Path, vae_steps: int, unet_steps: int, width: int = 16, seed: int = 0,
-               batch_size: int = 8) -> Path:
+               batch_size: int = 8, unet_lr: float = 5e-4) -> Path:
     """Tiny bases pre-trained on ``data``/train/shards under ``out`` (audioldm/, sd15/,
     motion_adapter/), with what was done in out/bases.json, written last: a matching one means
     the bases are complete and they are left as they are."""
@@ -77,25 +87,34 @@ def make_bases(data: Path, out: Path, vae_steps: int, unet_steps: int, width: in
     if not truth.is_file():
         raise FileNotFoundError(f"{truth} is missing: run python -m launch.ablation make-data --out {data} first")
     spec = json.loads(truth.read_text())["spec"]
-    want = {"data": str(data.resolve()), "vae_steps": vae_steps, "unet_steps": unet_steps, "width": width,
-            "seed": seed, "batch_size": batch_size, "spec": spec}
-    record = out / "bases.json"
-    if record.is_file() and {k: json.loads(record.read_text()).get(k) for k in want} == want:
-        return record
-    t0 = time.time()
-    bases = build_tiny_bases(out, n_mels=64, sample_rate=spec["sample_rate"], width=width, seed=seed)
-    cfg = load_config(CONFIG, [f"model.audio.path={bases['audio']}", f"model.video.path={bases['video']}",
-                               f"model.video.motion_adapter_path={bases['motion_adapter']}",
+    cfg = load_config(CONFIG, [f"model.audio.path={out / 'audioldm'}", f"model.video.path={out / 'sd15'}",
+                               f"model.video.motion_adapter_path={out / 'motion_adapter'}",
                                f"data.seconds={spec['seconds']}", f"data.fps={spec['fps']}", f"data.size={spec['size']}",
                                f"data.sample_rate={spec['sample_rate']}"])
+    want = {"data": str(data.resolve()), "vae_steps": vae_steps, "unet_steps": unet_steps, "width": width,
+            "seed": seed, "batch_size": batch_size, "spec": spec, "unet_lr": unet_lr,
+            "prediction": [cfg.model.audio.schedule.prediction_type, cfg.model.video.schedule.prediction_type]}
+    record = out / "bases.json"
+    if record.is_file():
+        if {k: json.loads(record.read_text()).get(k) for k in want} == want:
+            return record
+        record.unlink()  # stale: the bases are about to be rebuilt, and an interrupted rebuild is not complete
+    t0 = time.time()
+    bases = build_tiny_bases(out, n_mels=64, sample_rate=spec["sample_rate"], width=width, seed=seed)
     torch.manual_seed(seed)
     batches = list(make_loader(data / "train" / "shards", batch_size, seed=seed))  # small: kept in memory
     print(f"make-bases: {len(batches)} batches of {batch_size} clips; autoencoders {vae_steps} steps, "
           f"UNets {unet_steps} steps", flush=True)
     fits = pretrain_autoencoders(bases["audio"], bases["video"], batches, cfg.data, vae_steps, seed)
-    fits |= {f"unet_{k}": v for k, v in pretrain_denoisers(cfg, batches, unet_steps, seed).items()}
+    fits |= {f"unet_{k}": v for k, v in pretrain_denoisers(cfg, batches, unet_steps, seed, unet_lr).items()}
     write_json(record, {**want, "seconds": time.time() - t0, "fits": {k: asdict(v) for k, v in fits.items()}}, indent=1)
     return record
+
+
+def _plan():
+    from launch.ablation.experiment import Plan
+
+    return Plan()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     mb.add_argument("--width", type=int, default=16, help="UNet base width (default: %(default)s)")
     mb.add_argument("--batch-size", type=int, default=8, help="clips per step (default: %(default)s)")
     mb.add_argument("--seed", type=int, default=0)
+    rn = sub.add_parser("run", help="the whole ablation: corpus, bases, variants x seeds, samples, measures, report")
+    rn.add_argument("--out", default="runs/ablation", help="everything goes here (default: %(default)s)")
+    rn.add_argument("--smoke", action="store_true", help="every stage at toy size, in minutes: checks the plumbing, "
+                                                         "not the result")
+    rn.add_argument("--seeds", type=int, help="seeds per variant (default: 3; smoke 1)")
+    rn.add_argument("--train-steps", type=int, help="joint training steps per variant x seed (default: %d)"
+                    % _plan().train_steps)
+    rn.add_argument("--unet-steps", type=int, help="base UNet pre-training steps (default: %d)" % _plan().unet_steps)
+    rn.add_argument("--samples", type=int, help="test prompts sampled per variant x gamma x seed (default: %d)"
+                    % _plan().samples)
+    rn.add_argument("--workers", type=int, default=2, help="Ray workers of data prep (default: %(default)s)")
     args = ap.parse_args(argv)
+    if args.command == "run":
+        from dataclasses import replace
+
+        from launch.ablation.experiment import Plan, run
+
+        plan = Plan.smoke() if args.smoke else Plan()
+        given = {"seeds": args.seeds, "train_steps": args.train_steps, "unet_steps": args.unet_steps,
+                 "samples": args.samples}
+        for key, value in given.items():
+            if value is not None and value < 1:
+                ap.error(f"--{key.replace('_', '-')} must be >= 1 (got {value})")
+        if args.seeds is not None:
+            given["seeds"] = tuple(range(args.seeds))
+        plan = replace(plan, **{k: v for k, v in given.items() if v is not None})
+        outcome = run(Path(args.out), plan, workers=args.workers)
+        print((Path(args.out) / "results.md").read_text())
+        for kind, path in outcome.files.items():
+            print(f"{kind}: {path}")
+        return 0
     if args.command == "make-bases":
         record = make_bases(Path(args.data), Path(args.out), args.vae_steps, args.unet_steps, args.width, args.seed,
                             args.batch_size)

@@ -147,7 +147,7 @@ def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Te
     return FitResult(steps, first, last, None)
 
 
-def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 2e-4) -> dict[str, FitResult]:
+def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 5e-4) -> dict[str, FitResult]:
     """Train the audio UNet (AudioLDM: CLAP text embedding as class label) and the video UNet with
     its motion modules (AnimateDiff: CLIP context per frame), each alone, on the latents of the
     fitted autoencoders, then save them back in place: audio/unet, video/unet and the motion

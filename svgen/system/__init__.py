@@ -47,7 +47,8 @@ class JointSystem:
     def to(self, device: torch.device) -> "JointSystem":
         self.model.to_device(device)
         for m in (self.audio.vae, self.audio.vocoder, self.audio.text_encoder, self.video.vae, self.video.text_encoder):
-            m.to(device)
+            if m is not None:  # no vocoder with model.audio.vocoder=griffin_lim
+                m.to(device)
         self.empty_a, self.empty_v = self.empty_a.to(device), self.empty_v.to(device)
         return self
 

@@ -1,0 +1,98 @@
+"""The ablation's measures and its one-command run (issue 12)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from launch.ablation.experiment import VARIANTS, aggregate, mean_ci
+from launch.ablation.hits import Spec, make_clip
+from launch.ablation.measures import detector_check, measure_clip, pair_errors, summarise, visual_impacts
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_visual_impacts_are_read_off_the_picture_exactly(index):
+    clip = make_clip(7, index, Spec())
+    assert list(visual_impacts(clip.frames, Spec.fps)) == pytest.approx(clip.impacts)
+
+
+def test_real_clips_are_in_sync_and_mismatched_ones_are_not():
+    spec = Spec()
+    clips = [make_clip(11, i, spec) for i in range(12)]
+    real = [measure_clip(c.frames, c.wave, spec.fps, spec.sample_rate) for c in clips]
+    shuffled = [measure_clip(c.frames, clips[(i + 1) % len(clips)].wave, spec.fps, spec.sample_rate)
+                for i, c in enumerate(clips)]
+    ceiling, floor = summarise(real), summarise(shuffled)
+    assert detector_check(real, [c.impacts for c in clips], spec.fps) == {"impact_recall": 1.0, "impact_precision": 1.0}
+    assert ceiling.hit_match == 1.0 and ceiling.timing_err_ms_median < 40  # librosa's onset frames are 23 ms
+    assert floor.hit_match < 0.6 and floor.timing_err_ms_median > 2 * ceiling.timing_err_ms_median
+    assert all(min(m.onsets, default=1.0) >= 0.1 for m in real)  # librosa's start-of-clip onset is dropped
+
+
+def test_pairing_and_match_counts():
+    assert pair_errors(np.array([1.0, 2.0, 3.0]), np.array([1.02, 2.3, 2.95]), 0.25) == pytest.approx([0.02, 0.05])
+    assert pair_errors(np.array([1.0]), np.array([]), 0.25) == []
+    s = summarise([])
+    assert s.clips == 0 and s.timing_err_ms_median is None and s.hit_match is None
+
+
+def test_mean_and_95_interval_over_seeds():
+    m, ci = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean_ci([0.5]) == (0.5, None) and mean_ci([None, None]) == (None, None)
+    rows = [{"variant": "cmcpe", "gamma": 1.5, "seed": s, "av_align": v, "timing_err_ms_median": None}
+            for s, v in enumerate([0.2, 0.4])]
+    (entry,) = aggregate(rows)
+    assert entry["seeds"] == 2 and entry["av_align"] == pytest.approx(0.3) and entry["timing_err_ms_median"] is None
+
+
+@pytest.mark.multiprocess
+def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_path, capsys):
+    """Plumbing only (toy sizes): the table has every variant x gamma, the reference rows, the
+    plot and one MLflow run per variant; finished stages are skipped on a rerun."""
+    import mlflow
+
+    from launch.ablation.__main__ import main
+
+    out = tmp_path / "abl"
+    assert main(["run", "--smoke", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = result["rows"]
+    assert {(r["variant"], r["gamma"]) for r in rows} >= {(v, g) for v in VARIANTS for g in (1.0, 1.5)}
+    assert {(r["variant"], r["gamma"]) for r in rows if r["variant"] == "cmcpe"} >= {("cmcpe", 2.0)}  # the sweep
+    for r in rows:
+        assert 0.0 <= r["av_align"] <= 1.0 and "timing_err_ms_median" in r and "timing_err_ms_p90" in r
+        assert r["heldout_loss_audio"] > 0 and r["heldout_loss_video"] > 0
+    assert [r["variant"] for r in result["reference"]] == ["ceiling", "floor"]
+    table = (out / "results.md").read_text()
+    for v in VARIANTS:
+        assert f"| {v} | 1 |" in table and f"| {v} | 1.5 |" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((out / "samples").glob("cmcpe_seed0_gamma1.5/*.mp4"))) == 2
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ablation"], output_format="list")
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{v}-seed0" for v in VARIANTS)
+    for r in runs:
+        assert "gamma1.5/av_align" in r.data.metrics and "heldout_loss_audio" in r.data.metrics
+
+    # A rerun: only the deleted row is sampled again; training, bases and data are kept.
+    gone = out / "rows" / "xattn_seq_seed0_gamma1.5.json"
+    kept = out / "rows" / "cmcpe_seed0_gamma1.json"
+    gone.unlink()
+    stamp = kept.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "--smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" not in printed
+    assert gone.is_file() and kept.stat().st_mtime_ns == stamp
+    assert len(mlflow.search_runs(experiment_names=["ablation"], output_format="list")) == len(VARIANTS)
+
+
+def test_run_refuses_bad_sizes(capsys):
+    from launch.ablation.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--smoke", "--seeds", "0", "--out", "/nonexistent"])
+    assert "--seeds must be >= 1 (got 0)" in capsys.readouterr().err
