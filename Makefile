@@ -8,7 +8,7 @@ export DS_BUILD_OPS := 0
 # Keep JIT-built extensions (DeepSpeed ops) inside the venv, not in ~/.cache.
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 
-.PHONY: demo test test-fast env clean
+.PHONY: demo test test-fast env clean ui-check
 
 # uv installs the pinned set in well under a minute where pip takes about five. It gets the
 # find-links folder of the machine's pip config (where CPU-only machines keep the CPU torch wheel)
@@ -44,6 +44,12 @@ test: $(STAMP)
 # developing. `make test` (and CI) runs everything.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not multiprocess" tests
+
+# The demo's MLflow run as a user sees it, in headless Chromium with screenshots (after `make
+# demo`; needs the system's chromium and chromium-driver, e.g. apt-get install chromium chromium-driver).
+ui-check: $(STAMP)
+	$(BIN)/uv pip install -q --python $(BIN)/python $(UV_FLAGS) -e '.[browser]'
+	$(BIN)/python launch/mlflow_ui_check.py --store sqlite:///runs/demo/mlflow.db --out runs/ui_check
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -43,3 +43,13 @@ step mfu_batch16 90 $MFU --batches 16 --levers ckpt --no-bases
 # Compiled regions against eager in the same process, at batch 4 (compiling the full-size regions
 # took over 150 s on an H200: the step needs most of its limit for that).
 step mfu_compile 220 $MFU --batches 4 --levers eager,compile --no-bases
+# MLflow's GPU system metrics (issue 14) through nvidia-ml-py: a 4 s run sampled every second
+# (needs mlflow and nvidia-ml-py on the machine, or their wheels in .whl/).
+step mlflow_gpu_metrics 40 python3 -c "
+import time, tempfile, mlflow
+from svgen.tracking import MLflowTracker
+uri = 'sqlite:///' + tempfile.mkdtemp() + '/m.db'
+t = MLflowTracker(uri, 'gpu', 'probe', system_metrics_interval=1); time.sleep(4); t.close()
+mlflow.set_tracking_uri(uri)
+keys = sorted(k for k in mlflow.get_run(t.run_id).data.metrics if 'gpu' in k)
+print('gpu system metrics:', keys); assert keys, 'no system/gpu_* metric'"

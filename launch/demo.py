@@ -79,9 +79,12 @@ def main() -> None:
     print(f"[demo] sample: {result['sample']} ({kinds})")
     print(f"[demo] trained weights: {result['weights']} (EMA: {result.get('ema_weights')})")
     print(f"[demo] shards: {cfg.train.source.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")
+    from svgen.tracking import run_ui_route
+
     print(f"[demo] MLflow run {result['run_id']}; to browse it:")
     print(f"       MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --workers 1 --host 127.0.0.1 "
           f"--backend-store-uri {uri}")
+    print(f"       then open http://127.0.0.1:5000/{run_ui_route(uri, result['run_id'])}")
     print(f"[demo] done in {time.time() - t0:.0f}s")
 
 

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg, resume=args.resume, stop_after=args.stop_after)
     if result.get("weights"):
         print(f"trained weights: {result['weights']}")
+    if result.get("run_id") and result.get("tracking_uri"):
+        from svgen.tracking import run_ui_route
+
+        print(f"MLflow run {result['run_id']} in {result['tracking_uri']}; in the UI (mlflow ui --backend-store-uri "
+              f"{result['tracking_uri']}): http://127.0.0.1:5000/{run_ui_route(result['tracking_uri'], result['run_id'])}")
     return 0
 
 

@@ -41,9 +41,26 @@ class NullTracker:
         pass
 
 
-# The MLflow UI opens an experiment in its model-training view (runs compared on charts) only
-# when this tag says so; otherwise MLflow 3 may infer the GenAI "evaluation runs" view.
+# The experiment's kind, for MLflow UIs that read it to pick the model-training view.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.17's UI ignores that tag: a per-browser toggle picks the GenAI or the model-training
+# view, GenAI until changed (seen in headless Chromium, launch/mlflow_ui_check.py). This query on
+# a UI route selects model training (and the browser remembers it).
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI route (after the server's address) of an experiment or one of its runs, in
+    the model-training view where runs are compared on charts."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{UI_VIEW}"
+
+
+def run_ui_route(tracking_uri: str, run_id: str) -> str:
+    """ui_route of a run, looked up in its store."""
+    import mlflow
+
+    experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    return ui_route(experiment_id, run_id)
 
 
 class MLflowTracker:

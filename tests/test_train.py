@@ -170,6 +170,11 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_bases, shards)
     assert len(datasets) == 1 and datasets[0].name == shards.name
     assert datasets[0].digest == run.data.tags["dataset_manifest_sha1"][:36]
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+    # MLflow 3.17's UI ignores that tag (launch/mlflow_ui_check.py): the printed link selects the view.
+    from svgen.tracking import run_ui_route
+
+    assert run_ui_route(f"sqlite:///{out.parent}/mlflow.db", run.info.run_id) == (
+        f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning")
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert arts and arts[0].endswith(".mp4")
     local = client.download_artifacts(run.info.run_id, arts[0], str(tmp_path))
