@@ -64,6 +64,9 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     for r in rows:
         assert 0.0 <= r["av_align"] <= 1.0 and "timing_err_ms_median" in r and "timing_err_ms_p90" in r
         assert r["heldout_loss_audio"] > 0 and r["heldout_loss_video"] > 0
+        if r["variant"] == "independent":  # no cross-modal path: moving the other modality changes nothing
+            assert r["heldout_shift_gain_audio"] == 0.0 and r["heldout_shift_gain_video"] == 0.0
+    assert len(json.loads((out / "rows" / "cmcpe_seed0_gamma1.5.clips.json").read_text())) == 2
     assert [r["variant"] for r in result["reference"]] == ["ceiling", "floor"]
     table = (out / "results.md").read_text()
     for v in VARIANTS:
@@ -96,3 +99,13 @@ def test_run_refuses_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--smoke", "--seeds", "0", "--out", "/nonexistent"])
     assert "--seeds must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_a_preempted_training_stops_the_ablation_instead_of_sampling_it(tmp_path, monkeypatch):
+    import svgen.train.loop as loop
+    from launch.ablation.experiment import Plan, train_variant
+
+    monkeypatch.setattr(loop, "train", lambda cfg: {"step": 1, "reason": "stopped by SIGTERM"})
+    spec = {"seconds": 2.0, "fps": 8, "size": 64, "sample_rate": 16000}
+    with pytest.raises(SystemExit, match="cmcpe seed 0 stopped by SIGTERM at step 1 of 2; run the same command again"):
+        train_variant("cmcpe", 0, tmp_path, Plan.smoke(), spec)

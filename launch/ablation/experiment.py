@@ -118,7 +118,11 @@ def train_variant(variant: str, seed: int, out: Path, plan: Plan, spec: dict) ->
         return result
     from svgen.train.loop import train
 
-    return train(cfg)
+    result = train(cfg)
+    if result.get("step") != plan.train_steps:  # preempted (SIGTERM/SIGUSR1): never sample a half-trained variant
+        raise SystemExit(f"training of {variant} seed {seed} {result.get('reason', 'stopped')} at step "
+                         f"{result.get('step')} of {plan.train_steps}; run the same command again to resume it")
+    return result
 
 
 def _load_system(variant: str, seed: int, out: Path, plan: Plan, spec: dict, gamma: float = 1.0):
@@ -138,26 +142,43 @@ def _load_system(variant: str, seed: int, out: Path, plan: Plan, spec: dict, gam
 
 
 def quality(system, cfg, out: Path, plan: Plan) -> dict[str, float]:
-    """Held-out denoising losses per modality (the training objective on the test split, same
-    noise for every variant): how well the joint model still denoises each modality."""
+    """Held-out denoising losses per modality (the training objective on the test split, the
+    same noise for every variant): how well the joint model still denoises each modality.
+
+    And whether it uses the other modality's *timing*: the same losses with the other modality
+    shifted by one second in time (circularly: same clip, same material, same caption, other
+    instants), on the same noise. ``heldout_shift_gain_*`` = shifted - aligned loss: above 0 when
+    a modality's denoising relies on where the other's events are; exactly 0 without a
+    cross-modal path (the independent variant)."""
     import torch
 
+    from svgen.data.latents import LatentBatch
     from svgen.data.loader import make_loader
     from svgen.system.objective import joint_loss
 
     g = torch.Generator().manual_seed(1234)
-    totals = {"loss_audio": 0.0, "loss_video": 0.0}
+    sums = {"loss_audio": 0.0, "loss_video": 0.0, "shift_gain_audio": 0.0, "shift_gain_video": 0.0}
     n = 0
     loss_cfg = replace(cfg.train.loss, caption_dropout=0.0)
     with torch.no_grad():
         for i, batch in enumerate(make_loader(out / "data" / "test" / "shards", plan.batch_size, seed=0)):
             if i >= plan.quality_batches:
                 break
-            for _ in range(4):  # four noise draws per batch
-                _, parts = joint_loss(system, system.encode(batch, cfg.data, g), loss_cfg, generator=g)
-                totals = {k: totals[k] + float(parts[k]) for k in totals}
+            lb = system.encode(batch, cfg.data, g)
+            shift_v = cfg.data.fps                                  # video latent frames per second
+            shift_a = round(lb.x_a.shape[2] / cfg.data.seconds)     # audio latent frames per second
+            video_moved = LatentBatch(lb.x_a, lb.x_v.roll(shift_v, dims=2), lb.text_a, lb.text_v)
+            audio_moved = LatentBatch(lb.x_a.roll(shift_a, dims=2), lb.x_v, lb.text_a, lb.text_v)
+            for _ in range(4):  # four noise draws per batch, each used for all three
+                seed = int(torch.randint(0, 2**62, (1,), generator=g))
+                losses = [joint_loss(system, b, loss_cfg, generator=torch.Generator().manual_seed(seed))[1]
+                          for b in (lb, video_moved, audio_moved)]
+                sums["loss_audio"] += float(losses[0]["loss_audio"])
+                sums["loss_video"] += float(losses[0]["loss_video"])
+                sums["shift_gain_audio"] += float(losses[1]["loss_audio"] - losses[0]["loss_audio"])
+                sums["shift_gain_video"] += float(losses[2]["loss_video"] - losses[0]["loss_video"])
                 n += 1
-    return {f"heldout_{k}": v / max(n, 1) for k, v in totals.items()}
+    return {f"heldout_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
 def test_prompts(out: Path, count: int) -> list[tuple[str, str]]:
@@ -204,6 +225,8 @@ def sample_and_measure(variant: str, seed: int, out: Path, plan: Plan, spec: dic
         row.pop("extra")
         from svgen.fileio import write_json
 
+        # Per clip (impacts, onsets, errors), for reading a row beyond its summary.
+        write_json(path.with_suffix(".clips.json"), [{"prompt": p, **asdict(c)} for (p, _), c in zip(prompts, clips)])
         write_json(path, row, indent=1)
         log_row(out, row)
         rows.append(row)
@@ -268,7 +291,9 @@ MEASURES = (("av_align", "AV-Align", "{:.3f}"), ("timing_err_ms_median", "timing
             ("timing_err_ms_p90", "timing error p90 (ms)", "{:.0f}"), ("hit_match", "hits with a sound", "{:.2f}"),
             ("sound_match", "sounds with a hit", "{:.2f}"), ("impacts_per_clip", "impacts / clip", "{:.2f}"),
             ("onsets_per_clip", "onsets / clip", "{:.2f}"), ("heldout_loss_audio", "held-out loss, audio", "{:.4f}"),
-            ("heldout_loss_video", "held-out loss, video", "{:.4f}"))
+            ("heldout_loss_video", "held-out loss, video", "{:.4f}"),
+            ("heldout_shift_gain_audio", "audio loss rise, video moved 1 s", "{:+.4f}"),
+            ("heldout_shift_gain_video", "video loss rise, audio moved 1 s", "{:+.4f}"))
 
 # Two-sided 95 % Student t quantiles by degrees of freedom.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
