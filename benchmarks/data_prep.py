@@ -79,7 +79,7 @@ def main() -> None:
         decode = n / (time.perf_counter() - t0)
         print(f"decode alone (1 process): {decode:.2f} clips/s ({n} clips)")
 
-        ray = _init_ray(None, 2)
+        ray, _ = _init_ray(None, 2)
         # Warm the worker processes (imports of torch, decord, PyAV), as on a long-running cluster.
         ray.get([ray.remote(num_cpus=1)(_warm).remote() for _ in range(2)])
         rates = {}

@@ -40,13 +40,17 @@ def shard_size(num_inputs: int, inputs_per_shard: int, min_shards: int) -> int:
 
 
 def _init_ray(address: str | None, workers: int):
+    """Ray, connected; and whether this call started an embedded cluster (the caller shuts it
+    down when done: a library caller such as the ablation must not keep idle workers, a GCS and
+    a raylet for the rest of its process)."""
     import ray
 
     if ray.is_initialized():
-        return ray
+        return ray, False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
+        return ray, False
     else:
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
@@ -54,7 +58,7 @@ def _init_ray(address: str | None, workers: int):
         from data_prep.reaper import watch_embedded_cluster
 
         watch_embedded_cluster()
-    return ray
+    return ray, True
 
 
 def run(source: str, output: str, cfg: Config, address: str | None = None, overwrite: bool = False,
@@ -82,25 +86,29 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
     failed: dict[int, str] = {}
     clips = 0
     if todo:
-        ray = _init_ray(address, cfg.prep.workers)
-        task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
-        limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
-        pending, queue = {}, list(todo)
-        bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                k = queue.pop(0)
-                pending[task.remote(str(out), k, shards[k], cfg)] = k
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                k = pending.pop(ref)
-                try:
-                    clips += ray.get(ref)["num_clips"]
-                except Exception as e:  # noqa: BLE001 - a task that failed all its retries
-                    failed[k] = f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"
-                bar.update(1)
-                bar.set_postfix(clips=clips, failed=len(failed))
-        bar.close()
+        ray, started = _init_ray(address, cfg.prep.workers)
+        try:
+            task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
+            limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
+            pending, queue = {}, list(todo)
+            bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    k = queue.pop(0)
+                    pending[task.remote(str(out), k, shards[k], cfg)] = k
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    k = pending.pop(ref)
+                    try:
+                        clips += ray.get(ref)["num_clips"]
+                    except Exception as e:  # noqa: BLE001 - a task that failed all its retries
+                        failed[k] = f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"
+                    bar.update(1)
+                    bar.set_postfix(clips=clips, failed=len(failed))
+            bar.close()
+        finally:
+            if started:
+                ray.shutdown()
     remove_stale_temporaries(out, before=t0)
     return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips)
 

@@ -207,7 +207,12 @@ def _inputs(tmp_path, n):
 def test_rerun_skips_finished_shards_and_refuses_other_inputs(tmp_path):
     src = _inputs(tmp_path, 4)
     out = tmp_path / "out"
+    import ray
+
+    was_up = ray.is_initialized()
     first = run(str(src), str(out), _cfg(), progress=False)
+    # The embedded cluster it started is gone with the call (a caller's own connection is kept).
+    assert ray.is_initialized() == was_up
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
     second = run(str(src), str(out), _cfg(), progress=False)
     assert second["shards_skipped"] == second["shards"] == 2
