@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from launch.ablation.experiment import VARIANTS, aggregate, mean_ci
 from launch.ablation.hits import Spec, make_clip
 from launch.ablation.measures import detector_check, measure_clip, pair_errors, summarise, visual_impacts
+
+from .conftest import ROOT
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -47,16 +51,23 @@ def test_mean_and_95_interval_over_seeds():
     assert entry["seeds"] == 2 and entry["av_align"] == pytest.approx(0.3) and entry["timing_err_ms_median"] is None
 
 
+def _run_smoke(out) -> str:
+    # A process of its own, as a user runs it: training in-process would leave this test process
+    # a torch.distributed group and MASTER_PORT for every later test's subprocesses.
+    proc = subprocess.run([sys.executable, "-m", "launch.ablation", "run", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.multiprocess
-def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_path, capsys):
+def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_path):
     """Plumbing only (toy sizes): the table has every variant x gamma, the reference rows, the
     plot and one MLflow run per variant; finished stages are skipped on a rerun."""
     import mlflow
 
-    from launch.ablation.__main__ import main
-
     out = tmp_path / "abl"
-    assert main(["run", "--smoke", "--out", str(out)]) == 0
+    _run_smoke(out)
     result = json.loads((out / "results.json").read_text())
     rows = result["rows"]
     assert {(r["variant"], r["gamma"]) for r in rows} >= {(v, g) for v in VARIANTS for g in (1.0, 1.5)}
@@ -85,9 +96,7 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     kept = out / "rows" / "cmcpe_seed0_gamma1.json"
     gone.unlink()
     stamp = kept.stat().st_mtime_ns
-    capsys.readouterr()
-    assert main(["run", "--smoke", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed = _run_smoke(out)
     assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" not in printed
     assert gone.is_file() and kept.stat().st_mtime_ns == stamp
     assert len(mlflow.search_runs(experiment_names=["ablation"], output_format="list")) == len(VARIANTS)
