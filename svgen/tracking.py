@@ -16,6 +16,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_dataset(self, name: str, uri: str, digest: str) -> None: ...
+    def supersede(self, earlier_run_id: str) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -35,6 +36,9 @@ class NullTracker:
         pass
 
     def log_dataset(self, name: str, uri: str, digest: str) -> None:
+        pass
+
+    def supersede(self, earlier_run_id: str) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -119,6 +123,18 @@ class MLflowTracker:
 
         ds = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest[:36])
         self.mlflow.log_input(ds, context="training")
+
+    def supersede(self, earlier_run_id: str) -> None:
+        """Mark an earlier run of the same out_dir that never reached a checkpoint (its process
+        was killed) as KILLED, tagged with this run's id; a finished one is left as it is."""
+        client = self.mlflow.MlflowClient()
+        try:
+            earlier = client.get_run(earlier_run_id)
+        except self.mlflow.exceptions.MlflowException:
+            return  # another store, or deleted
+        client.set_tag(earlier_run_id, "svgen.superseded_by", self.run_id)
+        if earlier.info.status == "RUNNING":
+            client.set_terminated(earlier_run_id, status="KILLED")
 
     def close(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)

@@ -42,3 +42,17 @@ def record_start(tracker, cfg: Config, source: ShardSource, info: DistInfo, out_
     if info.is_main:
         tracker.log_artifact(write_text(out_dir / "shards.txt", "\n".join(source.urls) + "\n"))
         tracker.log_artifact(out_dir / "config.yaml")
+        supersede_earlier_run(tracker, out_dir)
+
+
+def supersede_earlier_run(tracker, out_dir: Path) -> None:
+    """A run killed before its first checkpoint cannot be resumed, so training starts a new
+    tracker run; the earlier one, named in out_dir/tracker_run.txt, would otherwise stay
+    'RUNNING' in the MLflow UI for ever. It is marked KILLED and pointed at its successor."""
+    if tracker.run_id is None:
+        return
+    marker = out_dir / "tracker_run.txt"
+    earlier = marker.read_text().strip() if marker.is_file() else ""
+    if earlier and earlier != tracker.run_id:
+        tracker.supersede(earlier)
+    write_text(marker, tracker.run_id + "\n")
