@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -54,8 +55,9 @@ def test_mean_and_95_interval_over_seeds():
 def _run_smoke(out) -> str:
     # A process of its own, as a user runs it: training in-process would leave this test process
     # a torch.distributed group and MASTER_PORT for every later test's subprocesses.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the runs go to out/mlflow.db
     proc = subprocess.run([sys.executable, "-m", "launch.ablation", "run", "--smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
