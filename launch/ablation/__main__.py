@@ -43,12 +43,21 @@ TEST_SEED_OFFSET = 1_000_003  # the test split never shares a clip seed with the
 CONFIG = ROOT / "configs" / "ablation.yaml"
 
 
+def spec_overrides(spec: dict) -> list[str]:
+    """Config overrides giving the clip geometry of a corpus spec (hits.Spec as a dict)."""
+    return [f"data.{k}={spec[k]}" for k in ("seconds", "fps", "size", "sample_rate")]
+
+
+def bases_overrides(bases: Path) -> list[str]:
+    """Config overrides pointing the model at the ablation's bases under ``bases``."""
+    return [f"model.audio.path={bases / 'audioldm'}", f"model.video.path={bases / 'sd15'}",
+            f"model.video.motion_adapter_path={bases / 'motion_adapter'}"]
+
+
 def prep_config(spec: Spec, workers: int):
     from svgen.config import load_config
 
-    return load_config(CONFIG, [
-        f"data.seconds={spec.seconds}", f"data.fps={spec.fps}", f"data.size={spec.size}",
-        f"data.sample_rate={spec.sample_rate}", f"prep.workers={workers}", "prep.min_shards=1"])
+    return load_config(CONFIG, spec_overrides(asdict(spec)) + [f"prep.workers={workers}", "prep.min_shards=1"])
 
 
 def make_data(out: Path, n_train: int, n_test: int, seed: int, spec: Spec, prep: bool = True, workers: int = 2,
@@ -87,10 +96,7 @@ def make_bases(data: Path, out: Path, vae_steps: int, unet_steps: int, width: in
     if not truth.is_file():
         raise FileNotFoundError(f"{truth} is missing: run python -m launch.ablation make-data --out {data} first")
     spec = json.loads(truth.read_text())["spec"]
-    cfg = load_config(CONFIG, [f"model.audio.path={out / 'audioldm'}", f"model.video.path={out / 'sd15'}",
-                               f"model.video.motion_adapter_path={out / 'motion_adapter'}",
-                               f"data.seconds={spec['seconds']}", f"data.fps={spec['fps']}", f"data.size={spec['size']}",
-                               f"data.sample_rate={spec['sample_rate']}"])
+    cfg = load_config(CONFIG, bases_overrides(out) + spec_overrides(spec))
     want = {"data": str(data.resolve()), "vae_steps": vae_steps, "unet_steps": unet_steps, "width": width,
             "seed": seed, "batch_size": batch_size, "spec": spec, "unet_lr": unet_lr,
             "prediction": [cfg.model.audio.schedule.prediction_type, cfg.model.video.schedule.prediction_type]}

@@ -65,10 +65,16 @@ class Plan:
         return self.gammas + (self.sweep if variant == "cmcpe" else ())
 
 
+def tracking_uri(out: Path) -> str:
+    """The ablation's MLflow store (MLFLOW_TRACKING_URI still wins, as for every svgen run)."""
+    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
 def variant_overrides(variant: str, bases: Path) -> list[str]:
     """Config overrides (on configs/ablation.yaml) that make ``variant`` on the bases at ``bases``."""
-    paths = [f"model.audio.path={bases / 'audioldm'}", f"model.video.path={bases / 'sd15'}",
-             f"model.video.motion_adapter_path={bases / 'motion_adapter'}"]
+    from launch.ablation.__main__ import bases_overrides
+
+    paths = bases_overrides(bases)
     if variant == "independent":
         return paths + ["model.cmcpe.down_blocks=[]", "model.cmcpe.up_blocks=[]"]
     if variant not in VARIANTS:
@@ -78,13 +84,11 @@ def variant_overrides(variant: str, bases: Path) -> list[str]:
 
 def variant_config(variant: str, seed: int, out: Path, plan: Plan, spec: dict, extra: list[str] = ()):
     """The joint config of one variant x seed (training and sampling)."""
-    from launch.ablation.__main__ import CONFIG
+    from launch.ablation.__main__ import CONFIG, spec_overrides
     from svgen.config import load_config
 
-    uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    return load_config(CONFIG, variant_overrides(variant, out / "bases") + [
-        f"data.seconds={spec['seconds']}", f"data.fps={spec['fps']}", f"data.size={spec['size']}",
-        f"data.sample_rate={spec['sample_rate']}",
+    uri = tracking_uri(out)
+    return load_config(CONFIG, variant_overrides(variant, out / "bases") + spec_overrides(spec) + [
         f"train.source.shards={out / 'data' / 'train' / 'shards'}", f"train.out_dir={out / 'train' / variant / f'seed{seed}'}",
         f"train.steps={plan.train_steps}", f"train.batch_size={plan.batch_size}", f"train.seed={seed}",
         f"train.optim.lr={plan.lr}", f"train.ckpt.save_every={max(1, plan.train_steps // 4)}",
@@ -244,7 +248,7 @@ def log_row(out: Path, row: dict) -> None:
         return
     from svgen.tracking import MLflowTracker
 
-    tracker = MLflowTracker(f"sqlite:///{(out / 'mlflow.db').resolve()}", EXPERIMENT, "", run_id=row["run_id"],
+    tracker = MLflowTracker(tracking_uri(out), EXPERIMENT, "", run_id=row["run_id"],
                             system_metrics_interval=0)
     metrics = {f"gamma{row['gamma']:g}/{k}": v for k, v in row.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("gamma", "seed")
