@@ -13,7 +13,7 @@ Everything goes under --out (default runs/demo); the end of the output says wher
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import time
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def main() -> None:
 
     t0 = time.time()
     out = Path(args.out).resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
+    uri = f"sqlite:///{out}/mlflow.db"  # --set track.tracking_uri=... overrides it
     cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.source.shards={out}/shards",
                                     f"track.tracking_uri={uri}", "track.run_name=demo",
                                     "train.check_frozen=true"] + args.set)  # tiny bases: the proof is cheap
@@ -72,6 +72,8 @@ def main() -> None:
 
     from svgen.train.loop import train  # imports DeepSpeed: after data prep, which does not need it
 
+    if Path(cfg.train.out_dir).is_dir():  # the demo starts over (training never overwrites checkpoints)
+        shutil.rmtree(cfg.train.out_dir)
     result = train(cfg, resume="none")
     info = probe(result["sample"])
     kinds = ", ".join(f"{s['type']} {s['codec']} {s['duration']:.2f}s" for s in info["streams"])
@@ -81,6 +83,7 @@ def main() -> None:
     print(f"[demo] shards: {cfg.train.source.shards}   checkpoints: {cfg.train.out_dir}/ckpt   summary: {out / 'summary.json'}")
     from svgen.tracking import run_ui_route
 
+    uri = cfg.track.tracking_uri
     print(f"[demo] MLflow run {result['run_id']}; to browse it:")
     print(f"       MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --workers 1 --host 127.0.0.1 "
           f"--backend-store-uri {uri}")

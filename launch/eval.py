@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(ap, required=False)
     ap.add_argument("--metrics", help="comma list (sets eval.metrics), e.g. av_align,fvd,kvd")
     ap.add_argument("--run-id", help="log into this MLflow run (e.g. the training run)")
-    ap.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else track.tracking_uri)")
+    ap.add_argument("--tracking-uri", help="MLflow store (sets track.tracking_uri)")
     ap.add_argument("--no-mlflow", action="store_true", help="print the scores only")
     ap.add_argument("--out", type=Path, help="also write the scores to this JSON file")
     args = ap.parse_args(argv)
@@ -67,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"eval.reference={args.reference}")
     if args.metrics:
         extra.append(f"eval.metrics=[{args.metrics}]")
-    if args.tracking_uri:  # an explicit flag beats MLFLOW_TRACKING_URI, which beats the config
-        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if args.tracking_uri:  # the flag is a shorthand for --set track.tracking_uri=...
+        extra.append(f"track.tracking_uri={args.tracking_uri}")
     cfg = config_from(args, extra, defaults=True)
     if cfg is None:
         return 2

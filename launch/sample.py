@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/samples", help="output folder")
     args = ap.parse_args(argv)
+    if args.num < 1:
+        ap.error(f"--num must be >= 1 (videos per prompt), got {args.num}")
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 < args.prefix < 1.0:
+        ap.error(f"--prefix must be a fraction of the clip in (0, 1), got {args.prefix}")
     cfg = config_from(args, extra=flag_overrides(args))
     if cfg is None:
         return 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,9 +306,18 @@ class SourceConfig:
     """Train from the latent-shard-*.tar that launch/cache_latents.py wrote beside the shards."""
     loader_workers: int = 0
     """DataLoader worker processes per rank."""
+    max_bad_samples: int = 64
+    """Damaged samples (a member missing or undecodable) and damaged shards (truncated or
+    corrupt tar) skipped per rank before the run stops with their list; each is logged to
+    out_dir/bad_samples.rankR.jsonl and counted in the metric data/bad_samples."""
+    allow_pipe: bool = False
+    """Accept 'pipe:COMMAND' lines in a shard list (WebDataset runs COMMAND in a shell to read the
+    shard, e.g. 'pipe:aws s3 cp s3://b/shard-000000.tar -'). Off: such a line is refused, since
+    a shard list then runs whatever it says; turn on only for lists you trust."""
 
     def validate(self, where: str) -> None:
         _check(self.loader_workers >= 0, f"{where}.loader_workers", "must be >= 0")
+        _check(self.max_bad_samples >= 0, f"{where}.max_bad_samples", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -398,7 +408,7 @@ class TrainConfig:
     concern, each passed on its own to the code that uses it."""
 
     steps: int = 100000
-    """Optimizer steps to run."""
+    """Optimizer steps to run (>= 1)."""
     batch_size: int = 1
     """Micro batch per process."""
     global_batch: int = 0
@@ -419,6 +429,10 @@ class TrainConfig:
     ema_motion_modules: bool = False
     """Also average the motion modules (the reference averages the added modules only; the
     exported EMA weights then carry the motion modules as trained)."""
+    max_nonfinite_steps: int = 3
+    """Stop the run (with an error naming the step and the modality) after this many consecutive
+    steps whose loss is NaN or infinite. Trained weights that are not finite are never saved or
+    exported, whatever this is."""
     check_frozen: bool = False
     """Hash the frozen base weights before and after training into train_result.json (proof that
     they never changed; a pass over every base weight on rank 0, so off by default)."""
@@ -449,7 +463,8 @@ class TrainConfig:
         return self.global_batch // per_step
 
     def validate(self, where: str) -> None:
-        _check(self.steps >= 0, f"{where}.steps", "must be >= 0")
+        _check(self.steps >= 1, f"{where}.steps", "must be >= 1 (a run of 0 steps would export its initial weights)")
+        _check(self.max_nonfinite_steps >= 1, f"{where}.max_nonfinite_steps", "must be >= 1")
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, f"{where}.grad_accum", "must be >= 1")
         _check(self.global_batch >= 0, f"{where}.global_batch", "must be >= 0 (0: use grad_accum)")
@@ -495,7 +510,9 @@ class TrackConfig:
     backend: Literal["mlflow", "none"] = "mlflow"
     """Tracker backend."""
     tracking_uri: str = "sqlite:///runs/mlflow.db"
-    """MLflow store; the MLFLOW_TRACKING_URI environment variable takes precedence."""
+    """MLflow store: sqlite:///PATH, or http(s)://HOST:PORT of an MLflow server (which must answer
+    at start; an outage later never stops training). The only source of the URI: the
+    MLFLOW_TRACKING_URI environment variable is not read, so the recorded config names the store."""
     experiment: str = "svgen"
     """MLflow experiment name."""
     run_name: str = ""
@@ -651,6 +668,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -719,16 +738,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _load_yaml_chain(path: Path) -> dict:
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise ConfigError(f"config file '{path}' does not exist" + (f" (the base: of '{seen[-1]}')" if seen else ""))
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"config 'base:' links form a loop ({chain}): a config cannot be its own base")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        data = _deep_merge(_load_yaml_chain((path.parent / base).resolve()), data)
+        if not isinstance(base, str):
+            raise ConfigError(f"config file '{path}': 'base:' must be a file name, got {base!r}")
+        data = _deep_merge(_load_yaml_chain((path.parent / base).resolve(), (*seen, path.resolve())), data)
     return data
 
 
@@ -737,6 +764,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = _load_yaml_chain(Path(path)) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(Config, data)
+
+
+def config_from_yaml(text: str, overrides: list[str] | None = None, where: str = "stored config") -> Config:
+    """A config from YAML text that names no ``base:`` (one svgen wrote: a checkpoint's or an
+    export's), with dotted overrides applied."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict) or "base" in data:
+        raise ConfigError(f"{where} must be a full config mapping (no base:)")
+    return from_dict(Config, apply_overrides(data, overrides or []))
 
 
 def to_dict(cfg: Config) -> dict:

@@ -116,19 +116,52 @@ def encode_latent_sample(key: str, arrays: dict[str, np.ndarray], meta: dict[str
             **{member: encode_array(np.asarray(arrays[name], dtype=np.float16)) for name, member in LATENT_MEMBERS}}
 
 
+class SampleError(ValueError):
+    """One sample of a shard cannot be decoded: a member is missing or damaged."""
+
+    def __init__(self, key: str, member: str, why: str):
+        super().__init__(f"sample {key}: {member} {why}")
+        self.key, self.member, self.why = key, member, why
+
+
+def _member(sample: dict[str, Any], name: str) -> bytes:
+    if name not in sample:
+        raise SampleError(sample.get("__key__", "?"), name, "is missing")
+    return sample[name]
+
+
+def _array(sample: dict[str, Any], name: str) -> np.ndarray:
+    try:
+        return decode_array(_member(sample, name))
+    except SampleError:
+        raise
+    except (ValueError, EOFError, OSError) as e:
+        raise SampleError(sample.get("__key__", "?"), name, f"is not a valid .npy array ({e})") from None
+
+
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """Raw or cached-latent member bytes -> numpy arrays and metadata (no pickle anywhere)."""
-    out = {"key": sample["__key__"], "meta": json.loads(sample[META])}
+    """Raw or cached-latent member bytes -> numpy arrays and metadata (no pickle anywhere). A
+    missing or damaged member raises :class:`SampleError` naming it."""
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(_member(sample, META))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SampleError(key, META, f"is not valid JSON ({e})") from None
+    out = {"key": key, "meta": meta}
     if LATENT_A in sample:
         for name, member in LATENT_MEMBERS:
             if member in sample:
-                out[name] = decode_array(sample[member]).astype(np.float32)
+                out[name] = _array(sample, member).astype(np.float32)
         return out
     if VIDEO_JPEG in sample:
-        out["frames"] = decode_frames_jpeg(sample[VIDEO_JPEG], decode_array(sample[VIDEO_OFFSETS]))
+        offsets = _array(sample, VIDEO_OFFSETS)
+        try:
+            out["frames"] = decode_frames_jpeg(sample[VIDEO_JPEG], offsets)
+        except (ValueError, OSError) as e:  # PIL raises OSError for a broken JPEG
+            raise SampleError(key, VIDEO_JPEG, f"holds a damaged JPEG frame ({e})") from None
     else:
-        out["frames"] = decode_array(sample[VIDEO])
-    out["wave"] = pcm16_to_audio(decode_array(sample[AUDIO]))
+        out["frames"] = _array(sample, VIDEO)
+    out["wave"] = pcm16_to_audio(_array(sample, AUDIO))
     if MEL in sample:
-        out["mel"] = decode_array(sample[MEL]).astype(np.float32)
+        out["mel"] = _array(sample, MEL).astype(np.float32)
     return out

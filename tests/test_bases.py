@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNetMotionModel
 
-from svgen.models.bases import CheckpointError, load_audio_base, load_video_base
+from svgen.models.bases import BaseModelError, load_audio_base, load_video_base
 
 
 def test_tiny_bases_load_through_the_real_path(tiny_bases):
@@ -30,7 +30,7 @@ def test_bf16_bases(tiny_bases):
 
 
 def test_missing_directory_names_the_path(tmp_path):
-    with pytest.raises(CheckpointError, match=str(tmp_path / "nowhere")):
+    with pytest.raises(BaseModelError, match=str(tmp_path / "nowhere")):
         load_audio_base(tmp_path / "nowhere")
 
 
@@ -46,7 +46,7 @@ def test_malformed_audio_checkpoint(tiny_bases, tmp_path, remove, expect):
     shutil.copytree(tiny_bases["audio"], root)
     target = root / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(CheckpointError, match=expect):
+    with pytest.raises(BaseModelError, match=expect):
         load_audio_base(root)
 
 
@@ -54,7 +54,7 @@ def test_malformed_video_checkpoint_and_adapter(tiny_bases, tmp_path):
     root = tmp_path / "sd15"
     shutil.copytree(tiny_bases["video"], root)
     (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no weights in .*sd15/unet"):
+    with pytest.raises(BaseModelError, match="no weights in .*sd15/unet"):
         load_video_base(root, tiny_bases["motion_adapter"])
-    with pytest.raises(CheckpointError, match="motion adapter.*expected a directory"):
+    with pytest.raises(BaseModelError, match="motion adapter.*expected a directory"):
         load_video_base(tiny_bases["video"], tmp_path / "no_adapter")

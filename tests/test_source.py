@@ -70,5 +70,5 @@ def test_no_manifest_is_tagged_none_and_bad_specs_are_refused(prepped, tmp_path)
         resolve_shards(listing)
     remote = tmp_path / "remote.list"
     remote.write_text("pipe:aws s3 cp s3://bucket/shard-000000.tar -\n")
-    src = resolve_shards(remote)  # a WebDataset URL passes through unchecked
+    src = resolve_shards(remote, allow_pipe=True)  # train.source.allow_pipe: passed through as given
     assert src.urls == ("pipe:aws s3 cp s3://bucket/shard-000000.tar -",) and src.roots == ()

@@ -8,11 +8,11 @@ from svgen.train.provenance import supersede_earlier_run
 
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_by_its_successor(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the tracker prefers it over its argument
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")  # never read: the argument is the store
     out = tmp_path / "run"
     first = MLflowTracker(uri, "svgen", "x", system_metrics_interval=0)
     supersede_earlier_run(first, out)   # a fresh out_dir: nothing earlier, the run is recorded
-    mlflow.end_run()                    # (a killed process never closes it: it stays RUNNING)
+    # (a killed process never closes it: it stays RUNNING)
     client = mlflow.MlflowClient(uri)
     client.update_run(first.run_id, status="RUNNING")
     second = MLflowTracker(uri, "svgen", "x", system_metrics_interval=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class ShardSource:
     """Shard paths in a fixed order (latent shards when ``latents``)."""
     latents: bool
     """True: the urls are the cached-latent twins of the raw shards."""
+    allow_pipe: bool = False
+    """``pipe:`` urls were allowed (train.source.allow_pipe) and may be opened."""
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -74,25 +77,46 @@ class ShardSource:
 
 
 def _remote(url: str) -> bool:
-    """A WebDataset URL that is not a local file (``pipe:...``, ``s3://...``): read as given."""
-    return url.startswith("pipe:") or "://" in url
+    """A ``pipe:COMMAND`` line (allowed only with train.source.allow_pipe): read as given."""
+    return url.startswith("pipe:")
 
 
-def _listed(src: Path) -> list[str]:
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
+
+
+def _listed(src: Path, allow_pipe: bool) -> list[str]:
+    """The shard paths of a list file. ``pipe:`` lines run a shell command when read, so they are
+    refused unless ``allow_pipe``; any other URL scheme (s3://, http://) is refused: svgen reads
+    local paths, and remote shards through an explicit pipe: command."""
     out = []
-    for line in src.read_text().splitlines():
+    for n, line in enumerate(src.read_text().splitlines(), 1):
         u = line.strip()
-        if u and not _remote(u):
-            p = Path(u).expanduser()
-            u = str(p if p.is_absolute() or p.exists() else src.parent / p)
-        if u:
+        if not u or u.startswith("#"):
+            continue
+        if u.startswith("pipe:"):
+            if not allow_pipe:
+                raise ShardError(f"shard list '{src}' line {n} is a shell command ({u[:120]!r}), which reading the "
+                                 "shard would run: refused. If you trust this list, set train.source.allow_pipe=true")
             out.append(u)
+            continue
+        m = _SCHEME.match(u)
+        if m and (m.group(2) or m.group(1).lower() in ("file", "http", "https", "s3", "gs")):
+            scheme = m.group(1).lower()
+            if scheme == "file":
+                u = u[len("file://"):] if m.group(2) else u[len("file:"):]
+            else:
+                raise ShardError(f"shard list '{src}' line {n} has URL scheme '{scheme}:' ({u[:120]!r}), which svgen "
+                                 "does not read: give a local path, or a 'pipe:' command (e.g. 'pipe:curl -s URL') "
+                                 "with train.source.allow_pipe=true")
+        p = Path(u).expanduser()
+        out.append(str(p if p.is_absolute() or p.exists() else src.parent / p))
     return out
 
 
-def resolve_shards(spec: str | Path, latents: bool = False) -> ShardSource:
+def resolve_shards(spec: str | Path, latents: bool = False, allow_pipe: bool = False) -> ShardSource:
     """Resolve a folder, a .tar or a list file into a :class:`ShardSource`. With ``latents``, each
-    raw shard stands for its latent twin beside it, which must exist."""
+    raw shard stands for its latent twin beside it, which must exist. ``allow_pipe``: accept
+    ``pipe:`` lines in a list (train.source.allow_pipe)."""
     src = Path(spec)
     if not str(spec):
         raise ShardError("train.source.shards is empty: point it at a data_prep output folder, a .tar or a list file")
@@ -105,7 +129,7 @@ def resolve_shards(spec: str | Path, latents: bool = False) -> ShardSource:
     elif src.is_file() and src.suffix == ".tar":
         paths = [str(src)]
     elif src.is_file():
-        paths = _listed(src)
+        paths = _listed(src, allow_pipe)
         if not paths:
             raise ShardError(f"shard list '{src}' is empty: one shard path a line")
     else:
@@ -118,4 +142,4 @@ def resolve_shards(spec: str | Path, latents: bool = False) -> ShardSource:
                          f"(first: '{missing[0]}'): run `python launch/cache_latents.py --shards {missing[0].parent}`")
     if missing:
         raise ShardError(f"'{src}' names {len(missing)} shard(s) that do not exist (first: '{missing[0]}')")
-    return ShardSource(str(spec), tuple(paths), latents)
+    return ShardSource(str(spec), tuple(paths), latents, allow_pipe)

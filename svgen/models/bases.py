@@ -24,7 +24,7 @@ from transformers import (
 )
 
 
-class CheckpointError(FileNotFoundError):
+class BaseModelError(FileNotFoundError):
     """A base-model directory is missing or malformed; the message names the path."""
 
 
@@ -37,7 +37,7 @@ _TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise CheckpointError(f"{what}: expected a directory at '{path}', found "
+        raise BaseModelError(f"{what}: expected a directory at '{path}', found "
                               f"{'a file' if path.exists() else 'nothing'}. Point the config at a "
                               "local checkpoint in diffusers layout (see README, 'Checkpoints').")
     return path
@@ -46,9 +46,9 @@ def _require_dir(path: Path, what: str) -> Path:
 def _require_model(path: Path, kind: str, what: str) -> Path:
     _require_dir(path, what)
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{what}: '{path / 'config.json'}' is missing")
+        raise BaseModelError(f"{what}: '{path / 'config.json'}' is missing")
     if not any((path / name).is_file() for name in _WEIGHTS[kind]) and not any(path.glob("*.safetensors.index.json")):
-        raise CheckpointError(f"{what}: no weights in '{path}' (expected one of {', '.join(_WEIGHTS[kind])})")
+        raise BaseModelError(f"{what}: no weights in '{path}' (expected one of {', '.join(_WEIGHTS[kind])})")
     return path
 
 
@@ -56,7 +56,7 @@ def _require_tokenizer(path: Path, what: str) -> Path:
     _require_dir(path, what)
     missing = [n for n in _TOKENIZER_FILES if not (path / n).is_file()]
     if missing and not (path / "tokenizer.json").is_file():
-        raise CheckpointError(f"{what}: '{path}' lacks {', '.join(missing)} (or tokenizer.json)")
+        raise BaseModelError(f"{what}: '{path}' lacks {', '.join(missing)} (or tokenizer.json)")
     return path
 
 
@@ -131,7 +131,7 @@ class VideoBase:
 def load_audio_base(path: str | Path, dtype: torch.dtype = torch.float32, vocoder: str = "hifigan") -> AudioBase:
     """Load and freeze AudioLDM from a local diffusers-layout directory (without its vocoder/
     when ``vocoder`` is 'griffin_lim')."""
-    root = _require_dir(Path(path), "audio base (AudioLDM)")
+    root = _require_dir(Path(path), "audio base (AudioLDM, config key model.audio.path)")
     what = f"audio base at '{root}'"
     kw = {"low_cpu_mem_usage": False}
     unet = UNet2DConditionModel.from_pretrained(_require_model(root / "unet", "diffusers", what), **kw)
@@ -149,16 +149,18 @@ def load_audio_base(path: str | Path, dtype: torch.dtype = torch.float32, vocode
 def load_video_base(path: str | Path, motion_adapter_path: str | Path,
                     dtype: torch.dtype = torch.float32) -> VideoBase:
     """Load and freeze SD-1.5 + the AnimateDiff motion adapter as one UNetMotionModel."""
-    root = _require_dir(Path(path), "video base (Realistic Vision V5.1 or another SD-1.5-layout model)")
+    root = _require_dir(Path(path), "video base (Realistic Vision V5.1 or another SD-1.5-layout model, config key "
+                                    "model.video.path)")
     what = f"video base at '{root}'"
     kw = {"low_cpu_mem_usage": False}
     unet2d = UNet2DConditionModel.from_pretrained(_require_model(root / "unet", "diffusers", what), **kw)
-    adapter_dir = _require_model(Path(motion_adapter_path), "diffusers", "motion adapter (AnimateDiff)")
+    adapter_dir = _require_model(Path(motion_adapter_path), "diffusers",
+                                 "motion adapter (AnimateDiff, config key model.video.motion_adapter_path)")
     adapter = MotionAdapter.from_pretrained(adapter_dir, **kw)
     try:
         unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     except ValueError as e:
-        raise CheckpointError(f"motion adapter '{adapter_dir}' does not fit the UNet in '{root / 'unet'}': {e}") from e
+        raise BaseModelError(f"motion adapter '{adapter_dir}' does not fit the UNet in '{root / 'unet'}': {e}") from e
     vae = AutoencoderKL.from_pretrained(_require_model(root / "vae", "diffusers", what), **kw)
     text = CLIPTextModel.from_pretrained(_require_model(root / "text_encoder", "transformers", what))
     tokenizer = AutoTokenizer.from_pretrained(_require_tokenizer(root / "tokenizer", what))

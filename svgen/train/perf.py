@@ -204,6 +204,15 @@ class Throughput:
         self.peak = peak_tflops
         self.flops_per_sample = flops_per_sample
 
+    def describe(self, logged: dict[str, float]) -> str:
+        """The utilisation for a log line: 'MFU 23.1%'; 'MFU -' when it would print as 0.0 %
+        (a model too small for the figure to mean anything, such as the tiny config on a GPU);
+        empty when the card's peak is unknown."""
+        if self.key not in logged:
+            return ""
+        value = logged[self.key]
+        return f"{self.key.upper()} {value:.1%}" if value >= 0.0005 else f"{self.key.upper()} -"
+
     def metrics(self, steps: int, seconds: float) -> dict[str, float]:
         seconds = max(seconds, 1e-9)
         out = {"samples_per_s": self.samples_per_step * steps / seconds}
