@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the final validation failed ({result['validation_error']}); the weights are exported",
               file=sys.stderr)
     if result.get("run_id") and result.get("tracking_uri"):
-        from svgen.tracking import run_ui_route
+        from svgen.tracking import check_reachable, run_ui_route
 
         try:
+            check_reachable(result["tracking_uri"], timeout=3)  # not MLflow's minutes of retries
             route = run_ui_route(result["tracking_uri"], result["run_id"])
             print(f"MLflow run {result['run_id']} in {result['tracking_uri']}; in the UI (mlflow ui --backend-store-uri "
                   f"{result['tracking_uri']}): http://127.0.0.1:5000/{route}")

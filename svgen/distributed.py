@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -99,7 +100,15 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    if dist.is_initialized():
+    """Destroy the default process group. When DeepSpeed set up its groups on it, through
+    DeepSpeed, which also drops the groups it cached (else a second run in the same process
+    would use them)."""
+    if not dist.is_initialized():
+        return
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and getattr(ds_comm, "cdb", None) is not None:
+        ds_comm.destroy_process_group()
+    else:
         dist.destroy_process_group()
 
 

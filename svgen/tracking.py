@@ -102,7 +102,7 @@ class MLflowTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         elif tracking_uri.startswith(("http://", "https://")):
-            _probe(tracking_uri, connect_timeout)
+            check_reachable(tracking_uri, connect_timeout)
         try:
             self.client = mlflow.MlflowClient(tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -279,8 +279,11 @@ class MLflowTracker:
             warnings.warn(f"MLflow ({self.uri}) was unreachable for the last {len(left)} tracker calls: {where}")
 
 
-def _probe(uri: str, timeout: float) -> None:
-    """Fail within ``timeout`` seconds when an MLflow server does not answer."""
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds when an MLflow server does not answer (a no-op for a
+    local sqlite store)."""
+    if not uri.startswith(("http://", "https://")):
+        return
     import requests
 
     try:

@@ -234,8 +234,9 @@ def endless(loader: torch.utils.data.DataLoader, position: DataPosition,
     epoch, skip = position.epoch, position.batches
     while True:
         loader.dataset.set_epoch(epoch)
-        n = 0
+        n = damaged = 0
         for i, batch in enumerate(loader):
+            damaged += len(batch.get("bad") or [])
             if i < skip:
                 if batch["key"]:
                     n += 1
@@ -248,7 +249,8 @@ def endless(loader: torch.utils.data.DataLoader, position: DataPosition,
             n += 1
             yield batch
         if n == 0:
-            raise ShardError("the shards yielded no full batch: lower train.batch_size (or the ranks x loader "
+            why = f" ({damaged} damaged samples or shards were skipped)" if damaged else ""
+            raise ShardError(f"the shards yielded no full batch{why}: lower train.batch_size (or the ranks x loader "
                              "workers that share the data) or add data")
         epoch, skip = epoch + 1, 0
         position.epoch, position.batches = epoch, 0

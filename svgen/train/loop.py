@@ -39,7 +39,7 @@ from svgen.data.source import resolve_shards
 from svgen.distributed import DistInfo, barrier, cleanup, init_distributed, launcher_environ
 from svgen.fileio import write_json, write_text
 from svgen.system import JointSystem, build_system
-from svgen.tracking import MLflowTracker, NullTracker
+from svgen.tracking import MLflowTracker, NullTracker, check_reachable
 from svgen.train.checkpoint import Checkpointer, TrainerState, export_weights
 from svgen.train.ema import EMA
 from svgen.train.engine import build_engine, gathered, trained_state_dict
@@ -165,6 +165,8 @@ def train(cfg: Config, resume: str = "auto", stop_after: int | None = None) -> d
         owned = not dist.is_initialized()
         info = init_distributed(env)
         try:
+            if info.is_main and cfg.track.backend == "mlflow":
+                check_reachable(cfg.track.tracking_uri)  # seconds, before any model loads
             run = set_up(cfg, info, resume)
             check_frozen = cfg.train.check_frozen and info.is_main
             frozen_before = frozen_digest(run.system.model) if check_frozen else None
