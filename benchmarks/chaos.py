@@ -122,11 +122,15 @@ def trial(i: int, fault: str, bases: dict, shards: Path, work: Path, rng: random
             refused = True  # what the error tells the user: delete that checkpoint, resume again
             shutil.rmtree(sorted((out / "ckpt").glob("step_*"))[-1])
             continue
+        if proc.returncode == 1 and "verifies" in proc.stderr:
+            continue  # the only checkpoint was destroyed (now damaged_step_*): run again starts over
         if proc.returncode != 75:
             break
     result = json.loads((out / "train_result.json").read_text()) if (out / "train_result.json").is_file() else {}
     weights = bool(result.get("weights")) and Path(result["weights"]).is_file()
+    newest_lost = not fault.startswith("SIG") and not done.startswith("no checkpoint")
     return {"fault": fault, "done": done, "logged": logged, "resumed_from": result.get("started_at"),
+            "newest_destroyed": newest_lost,
             "lost": None if result.get("started_at") is None else max(0, logged - result["started_at"]),
             "weights": weights and proc.returncode == 0, "refused": refused, "payload_ran": marker.exists()}
 
@@ -154,12 +158,17 @@ def main() -> None:
               f"{row['resumed_from']}, lost {row['lost']}, weights {'yes' if row['weights'] else 'NO'}"
               f"{', payload refused' if row['refused'] else ''}{', PAYLOAD RAN' if row['payload_ran'] else ''}",
               flush=True)
-    lost = [r["lost"] for r in rows if r["lost"] is not None]
+    def lost(kept: bool) -> str:
+        vals = [r["lost"] for r in rows if r["lost"] is not None and r["newest_destroyed"] != kept]
+        return f"max {max(vals)}, mean {sum(vals) / len(vals):.2f} over {len(vals)}" if vals else "-"
+
     print(f"\nfaults injected: {len(rows)} ({time.time() - t0:.0f} s, tiny config, {STEPS} steps, "
           f"save_every {SAVE_EVERY})")
     print(f"runs that ended with their weights: {sum(r['weights'] for r in rows)}/{len(rows)}")
-    print(f"steps lost per fault: max {max(lost) if lost else '-'}, mean {sum(lost) / max(1, len(lost)):.2f} "
-          f"(save_every {SAVE_EVERY}; a destroyed newest checkpoint falls back one more)")
+    print(f"steps lost per fault, signals (the newest checkpoint intact): {lost(True)} (bound: save_every "
+          f"{SAVE_EVERY})")
+    print(f"steps lost per fault, the newest checkpoint destroyed (falls back to the one before, or to step 0 "
+          f"when it was the only one): {lost(False)}")
     print(f"payloads planted: {sum(r['fault'].startswith('payload') for r in rows)}, refused at load: "
           f"{sum(r['refused'] for r in rows)}, executed: {sum(r['payload_ran'] for r in rows)}")
     if not args.keep:

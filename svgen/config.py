@@ -116,9 +116,14 @@ class EncoderConfig:
 class CMCPEConfig:
     """The cross-modal blocks inserted into both UNets (METHOD.md, "Added modules" 3-4)."""
 
-    mode: Literal["cmcpe", "xattn_pooled", "xattn_seq"] = "cmcpe"
+    mode: Literal["cmcpe", "xattn_pooled", "xattn_seq", "xattn_timed"] = "cmcpe"
     """'cmcpe' (the paper's method), 'xattn_pooled' (cross-attention to one pooled token, as the
-    reference code), or 'xattn_seq' (cross-attention to one token per time step)."""
+    reference code), 'xattn_seq' (cross-attention to one token per time step), or 'xattn_timed'
+    (per time step, queries and keys carrying rotary time positions in seconds)."""
+    xattn_context_norm: bool = False
+    """Cross-attention modes: LayerNorm the other modality's tokens before the key and value
+    projections (CMC-PE normalises its context; the reference's cross-attention does not, and at
+    small scale its keys then stay too small for attention to learn anything, issue 20)."""
     down_blocks: list[int] = field(default_factory=lambda: [2, 3])
     """Indices of down blocks after which a block is inserted (default: METHOD.md's)."""
     up_blocks: list[int] = field(default_factory=lambda: [0, 1])

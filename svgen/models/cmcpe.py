@@ -6,7 +6,10 @@ proj_out zero-initialised, so an untrained block is the identity.
 
 - :class:`CMCPEBlock`: the other modality enters as a positional encoding along time.
 - :class:`CrossAttentionBlock`: the baseline; it cross-attends to one pooled token
-  ('xattn_pooled', as the reference code) or one token per time step ('xattn_seq').
+  ('xattn_pooled', as the reference code), one token per time step ('xattn_seq'), or one token
+  per time step with queries and keys rotated by their time in seconds ('xattn_timed', rotary
+  positions: the attention logit then depends on the time difference, so the block can find
+  *when* the other modality's events are, which plain cross-attention cannot).
 """
 
 from __future__ import annotations
@@ -35,8 +38,32 @@ def heads_for(dim: int, head_dim: int) -> int:
     return dim // head_dim
 
 
+def rotary(x: torch.Tensor, seconds: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of ``x`` (..., N, D) by angle 2 pi t / wavelength, with
+    t = ``seconds`` (broadcast against x's leading dims and N) and one wavelength per pair."""
+    angle = (2 * torch.pi) * seconds[..., None].float() / wavelengths.float()      # (..., N, D/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def time_wavelengths(pairs: int, shortest: float = 0.25, longest: float = 8.0) -> torch.Tensor:
+    """Rotary wavelengths in seconds, geometric from ``shortest`` (two frames at 8 fps) to
+    ``longest`` (twice a 4 s clip, so no two instants of a clip alias)."""
+    if pairs == 1:
+        return torch.tensor([longest])
+    return longest * (shortest / longest) ** (torch.arange(pairs, dtype=torch.float64) / (pairs - 1))
+
+
+def frame_seconds(frames: int, seconds: float, device=None) -> torch.Tensor:
+    """The centre time (s) of each of ``frames`` equal slices of a ``seconds``-long clip."""
+    return (torch.arange(frames, device=device, dtype=torch.float32) + 0.5) * (seconds / frames)
+
+
 class Attention(nn.Module):
-    """Multi-head attention over token sequences (B, N, C), optionally to a context (B, M, D)."""
+    """Multi-head attention over token sequences (B, N, C), optionally to a context (B, M, D).
+    With ``q_seconds`` / ``k_seconds`` (times broadcast against (B, N) and (B, M)), queries and
+    keys are rotated by their time (rotary positions in seconds)."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
@@ -46,10 +73,15 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, q_seconds: torch.Tensor | None = None,
+                k_seconds: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
                    for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx)))
+        if q_seconds is not None:
+            waves = time_wavelengths(q.shape[-1] // 2).to(q.device)
+            q = rotary(q, q_seconds.unsqueeze(1), waves)  # the head axis
+            k = rotary(k, k_seconds.unsqueeze(1), waves)
         y = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(rearrange(y, "b h n d -> b n (h d)"))
 
@@ -140,15 +172,28 @@ class CMCPEBlock(_BlockBase):
 
 
 class CrossAttentionBlock(_BlockBase):
-    """The cross-attention baseline: a transformer block attending to the other modality."""
+    """The cross-attention baseline: a transformer block attending to the other modality.
+
+    ``context_norm``: LayerNorm on the context tokens before their key and value projections.
+    The reference's baseline has none; its context (pooled features normalised to unit L2 norm
+    over time, entries about 1/sqrt(T)) then gives keys so small that attention stays uniform,
+    and at small scale the key and query projections got about 1/400 of CMC-PE's gradient
+    (issue 20). CMC-PE puts its context through a GroupNorm (``embed_norm``); this is the same
+    footing for the baseline. ``timed``: rotary time positions in seconds on queries and keys
+    ('xattn_timed'); ``seconds``: the clip's length, which the positions span."""
 
     def __init__(self, channels: int, context_dim: int, head_dim: int = 8, depth: int = 1,
-                 per_frame: bool = False, pooled: bool = True):
+                 per_frame: bool = False, pooled: bool = True, context_norm: bool = False,
+                 timed: bool = False, seconds: float = 4.0):
         super().__init__(channels, per_frame)
         heads = heads_for(channels, head_dim)
-        self.pooled = pooled
+        if timed and (pooled or head_dim % 2):
+            raise ValueError("timed cross-attention needs one context token per time step and an even head_dim "
+                             "(rotary positions turn channel pairs)")
+        self.pooled, self.timed, self.seconds = pooled, timed, seconds
         self.norm_u = nn.LayerNorm(channels)
         self.norm_x = nn.LayerNorm(channels)
+        self.norm_ctx = nn.LayerNorm(context_dim) if context_norm else None
         self.cross = Attention(channels, heads, context_dim=context_dim)
         self.layers = nn.ModuleList(_Layer(channels, heads) for _ in range(max(depth, 1)))
 
@@ -157,13 +202,22 @@ class CrossAttentionBlock(_BlockBase):
         u = self.norm_u(self._tokens_in(h.to(dtype)))
         b, t, s, c = u.shape
         ctx = p_other.to(dtype).transpose(1, 2)                          # (B, T_o, C_ctx)
+        t_other = ctx.shape[1]
         if self.pooled:
             ctx = ctx.mean(dim=1, keepdim=True)
+        if self.norm_ctx is not None:
+            ctx = self.norm_ctx(ctx)
         if self.per_frame:
             ctx = ctx.repeat_interleave(t, dim=0)
+        q_sec = k_sec = None
+        if self.timed:
+            own, other = frame_seconds(t, self.seconds, u.device), frame_seconds(t_other, self.seconds, u.device)
+            # Per frame: one sequence per (clip, frame), all its queries at that frame's time.
+            q_sec = own.repeat(b)[:, None] if self.per_frame else own.repeat_interleave(s)[None, :]
+            k_sec = other[None, :]
         seq = self._seq(u)
         seq = self.layers[0].attn(self.layers[0].norm1(seq)) + seq
-        seq = seq + self.cross(self.norm_x(seq), ctx)
+        seq = seq + self.cross(self.norm_x(seq), ctx, q_seconds=q_sec, k_seconds=k_sec)
         seq = seq + self.layers[0].ff(self.layers[0].norm2(seq))
         for layer in self.layers[1:]:
             seq = layer(seq)
@@ -171,9 +225,11 @@ class CrossAttentionBlock(_BlockBase):
 
 
 def make_block(mode: str, channels: int, context_dim: int, head_dim: int, depth: int, per_frame: bool,
-               resample: str = "nearest", kernel: str = "auto") -> nn.Module:
+               resample: str = "nearest", kernel: str = "auto", context_norm: bool = False,
+               seconds: float = 4.0) -> nn.Module:
     if mode == "cmcpe":
         return CMCPEBlock(channels, context_dim, head_dim, depth, per_frame, resample, kernel)
-    if mode in ("xattn_pooled", "xattn_seq"):
-        return CrossAttentionBlock(channels, context_dim, head_dim, depth, per_frame, pooled=mode == "xattn_pooled")
+    if mode in ("xattn_pooled", "xattn_seq", "xattn_timed"):
+        return CrossAttentionBlock(channels, context_dim, head_dim, depth, per_frame, pooled=mode == "xattn_pooled",
+                                   context_norm=context_norm, timed=mode == "xattn_timed", seconds=seconds)
     raise ValueError(f"unknown cross-modal block mode {mode!r}")

@@ -48,7 +48,7 @@ def meta_joint_model(cfg: Config) -> tuple[JointModel, dict[str, str]]:
                                                  MotionAdapter.from_config(adapter_kw), load_weights=False)
         audio = AudioBase(unet=audio_unet, vae=None, vocoder=None, text_encoder=None, tokenizer=None)
         video = VideoBase(unet=video_unet, vae=None, text_encoder=None, tokenizer=None)
-        model = JointModel(audio, video, m, fps=cfg.data.fps)
+        model = JointModel(audio, video, m, fps=cfg.data.fps, seconds=cfg.data.seconds)
     return model, source
 
 

@@ -75,7 +75,7 @@ class JointModel(nn.Module):
     each rank keeps the frozen bases whole, in their own dtype, never gathered.
     """
 
-    def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig, fps: float = 8.0):
+    def __init__(self, audio: AudioBase, video: VideoBase, cfg: ModelConfig, fps: float = 8.0, seconds: float = 4.0):
         super().__init__()
         self.cfg = cfg
         self._bases = (audio.unet, video.unet)  # a tuple: nn.Module does not register it
@@ -107,7 +107,8 @@ class JointModel(nn.Module):
                      [(f"up{i}", widths[::-1][i]) for i in c.up_blocks]
             for key, width in points:
                 blocks[key] = make_block(c.mode, width, e.context_dim, c.head_dim, c.depth,
-                                         per_frame=modality == "v", resample=c.resample, kernel=c.kernel)
+                                         per_frame=modality == "v", resample=c.resample, kernel=c.kernel,
+                                         context_norm=c.xattn_context_norm, seconds=seconds)
         audio.unet.requires_grad_(False)
         video.unet.requires_grad_(False)
         audio.unet.eval()

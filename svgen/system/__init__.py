@@ -111,7 +111,7 @@ def build_system(cfg: Config, seed: int | None = None) -> JointSystem:
     audio = load_audio_base(cfg.model.audio.path, dtype, vocoder=cfg.model.audio.vocoder)
     video = load_video_base(cfg.model.video.path, cfg.model.video.motion_adapter_path, dtype)
     torch.manual_seed(cfg.train.seed if seed is None else seed)
-    model = JointModel(audio, video, cfg.model, fps=cfg.data.fps)
+    model = JointModel(audio, video, cfg.model, fps=cfg.data.fps, seconds=cfg.data.seconds)
     empty_a, empty_v = audio.encode_text([""]), video.encode_text([""])
     return JointSystem(audio, video, model, Schedule(cfg.model.audio.schedule), Schedule(cfg.model.video.schedule),
                        empty_a[0], empty_v[0])

@@ -388,8 +388,8 @@ class Checkpointer:
                 f"{aside.name}; trying the one before")
         if damaged:
             raise CheckpointError(f"no checkpoint under '{self.root}' verifies ({' | '.join(damaged)}); they were "
-                                  "moved aside as damaged_step_*. Restore a good copy, or start over in a new "
-                                  "train.out_dir (--resume none)")
+                                  "moved aside as damaged_step_*. Restore a good copy as step_NNNNNNN and resume, or "
+                                  "run again to start over from step 0")
         return None
 
     def stored_config(self, path: Path) -> str | None:
