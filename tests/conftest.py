@@ -20,6 +20,8 @@ from svgen.models.tiny import build_tiny_bases  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
+MEDIA_SOUNDS = ROOT.parent / "shared" / "media" / "audio"
+"""Recorded one-shots the ablation's corpus mixes in (the tests' read-only media)."""
 
 
 @pytest.fixture(scope="session")

@@ -5,18 +5,19 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from launch.ablation.bases import frames_to_images, pretrain_autoencoders, pretrain_denoisers, waves_to_mels
-from launch.ablation.hits import Spec, make_clip
+from experiments.ablation.bases import frames_to_images, pretrain_autoencoders, pretrain_denoisers, waves_to_mels
+from experiments.ablation.hits import Spec, make_clip
 from svgen.config import load_config
 from svgen.models.codec import audio_posterior, video_posterior
 from svgen.models.tiny import build_tiny_bases
 from svgen.system import build_system
 
+from .conftest import MEDIA_SOUNDS as MEDIA
 from .conftest import TINY, tiny_overrides
 
 
 def _batch(spec: Spec, first: int, n: int = 4) -> dict:
-    clips = [make_clip(0, i, spec) for i in range(first, first + n)]
+    clips = [make_clip(0, i, spec, MEDIA) for i in range(first, first + n)]
     return {"frames": torch.from_numpy(np.stack([c.frames for c in clips])),
             "wave": torch.from_numpy(np.stack([c.wave for c in clips]))}
 
@@ -59,7 +60,7 @@ def test_denoisers_train_alone_and_save_back_to_both_video_checkpoints(tmp_path)
     train = []
     for i in range(4):
         b = _batch(spec, 4 * i)
-        b["caption"] = [make_clip(0, j, spec).caption for j in range(4 * i, 4 * i + 4)]
+        b["caption"] = [make_clip(0, j, spec, MEDIA).caption for j in range(4 * i, 4 * i + 4)]
         train.append(b)
     pretrain_autoencoders(bases["audio"], bases["video"], train, cfg.data, steps=40)
     before = build_system(cfg)

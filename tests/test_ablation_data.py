@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from launch.ablation.hits import MATERIALS, Spec, make_clip, write_split
+from experiments.ablation.hits import MATERIALS, Spec, make_clip, write_split
 from svgen.media.mp4 import probe, read_mp4
 
+from .conftest import MEDIA_SOUNDS as MEDIA
 from .conftest import ROOT
 
 SPEC = Spec(seconds=3.0)
@@ -30,7 +31,7 @@ def _ball(frame: np.ndarray, spec: Spec) -> tuple[int, np.ndarray, float]:
 
 @pytest.mark.parametrize("index", range(8))
 def test_the_pictures_and_the_sound_carry_the_ground_truth(index):
-    clip = make_clip(7, index, SPEC)
+    clip = make_clip(7, index, SPEC, MEDIA)
     assert len(clip.impacts) <= SPEC.max_hits and clip.caption == MATERIALS[clip.material].caption
     frames_at = [round(t * SPEC.fps) for t in clip.impacts]
     assert [f / SPEC.fps for f in frames_at] == clip.impacts                     # on frame boundaries
@@ -54,17 +55,17 @@ def test_the_pictures_and_the_sound_carry_the_ground_truth(index):
 
 
 def test_clips_are_a_function_of_seed_and_index():
-    a, b = make_clip(3, 5, SPEC), make_clip(3, 5, SPEC)
+    a, b = make_clip(3, 5, SPEC, MEDIA), make_clip(3, 5, SPEC, MEDIA)
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.wave, b.wave) and a.impacts == b.impacts
-    others = [make_clip(4, 5, SPEC), make_clip(3, 6, SPEC)]
+    others = [make_clip(4, 5, SPEC, MEDIA), make_clip(3, 6, SPEC, MEDIA)]
     assert all(not np.array_equal(a.frames, o.frames) for o in others)
-    counts = {len(make_clip(0, i, SPEC).impacts) for i in range(40)}
+    counts = {len(make_clip(0, i, SPEC, MEDIA).impacts) for i in range(40)}
     assert counts == set(range(SPEC.max_hits + 1))                                # 0..4 hits all occur
 
 
 def test_a_split_is_written_once_and_its_mp4s_keep_the_timing(tmp_path):
     spec = Spec(seconds=2.0)
-    truth_file = write_split(tmp_path / "train", 3, 11, spec, progress=False)
+    truth_file = write_split(tmp_path / "train", 3, 11, spec, MEDIA, progress=False)
     truth = json.loads(truth_file.read_text())
     assert truth["n"] == 3 and len(truth["clips"]) == 3
     rows = (tmp_path / "train" / "list.csv").read_text().splitlines()
@@ -80,14 +81,14 @@ def test_a_split_is_written_once_and_its_mp4s_keep_the_timing(tmp_path):
             i = round(t * spec.sample_rate)
             assert np.abs(wave[i - win // 3:i + win]).max() > 4 * np.abs(wave[i - 2 * win:i - win // 3]).max()
     stamp = first.stat().st_mtime_ns
-    write_split(tmp_path / "train", 3, 11, spec, progress=False)                # complete: left as it is
+    write_split(tmp_path / "train", 3, 11, spec, MEDIA, progress=False)                # complete: left as it is
     assert first.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.multiprocess
 def test_make_data_shards_both_splits_with_the_real_data_prep(tmp_path):
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "launch.ablation", "make-data", "--out", str(out), "--train", "4", "--test", "2",
+    cmd = [sys.executable, "-m", "experiments.ablation", "make-data", "--media", str(MEDIA), "--out", str(out), "--train", "4", "--test", "2",
            "--seconds", "2", "--workers", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,7 +106,7 @@ def test_make_data_shards_both_splits_with_the_real_data_prep(tmp_path):
 
     # make-bases pre-trains the tiny bases on the train shards into the layout the config reads.
     bases = tmp_path / "bases"
-    cmd = [sys.executable, "-m", "launch.ablation", "make-bases", "--data", str(out), "--out", str(bases),
+    cmd = [sys.executable, "-m", "experiments.ablation", "make-bases", "--data", str(out), "--out", str(bases),
            "--vae-steps", "3", "--unet-steps", "3", "--batch-size", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -109,3 +109,75 @@ def test_data_prep_imports_only_config_shard_schema_fileio_and_media_features():
     for path in (ROOT / "data_prep").rglob("*.py"):
         bad = {n for n in _imports(path) if n.startswith("svgen") and n not in allowed}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_product_never_imports_experiments():
+    """experiments/ (the ablation) sits on top of the product: svgen, data_prep and launch never
+    import it."""
+    for sub in ("svgen", "data_prep", "launch"):
+        for path in (ROOT / sub).rglob("*.py"):
+            bad = {n for n in _imports(path) if n.split(".")[0] == "experiments"}
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def _module_graph(package: Path, root: Path) -> dict[str, set[str]]:
+    """Imports between the modules of one package (absolute and relative, at any depth of the
+    file, deferred imports included: a cycle through a function-level import is still a cycle)."""
+    modules = {_module_name(p, root): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_pkg = path.name == "__init__.py"
+        targets = set()
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # imports for type checkers only never run
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                    base = ".".join(parts + ([base] if base else []))
+                targets.add(base)
+                targets |= {f"{base}.{a.name}" for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_cycles(package: Path, root: Path = ROOT) -> list[list[str]]:
+    """Import cycles among the modules of ``package`` (each as the list of modules around it)."""
+    graph = _module_graph(package, root)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["svgen", "data_prep", "launch", "experiments"])
+def test_no_import_cycle_inside_a_package(package):
+    assert import_cycles(ROOT / package) == []
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path):
+    """Mutation check: the ablation's CLI and its stages importing each other (issue 20) is found."""
+    import shutil
+
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    stages = tmp_path / "experiments" / "ablation" / "stages.py"
+    stages.write_text(stages.read_text() + "\n\ndef _late():\n    from experiments.ablation.__main__ import main\n")
+    found = import_cycles(tmp_path / "experiments", tmp_path)
+    assert found and any("experiments.ablation.__main__" in c and "experiments.ablation.stages" in c for c in found)

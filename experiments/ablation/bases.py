@@ -1,4 +1,4 @@
-"""Tiny pre-trained bases for the ablation (issue 12): small AudioLDM- and AnimateDiff-class models
+"""Tiny pre-trained bases for the ablation (issues 12 and 20): small AudioLDM- and AnimateDiff-class models
 trained, each alone, on the hits corpus, then frozen and saved in the real diffusers layout, so
 that joint training reads them exactly as it reads real checkpoints.
 
@@ -93,19 +93,21 @@ def fit_vae(vae: AutoencoderKL, inputs: Iterator[torch.Tensor], steps: int, lr: 
     return FitResult(steps, first, last, 1.0 / max(std, 1e-6))
 
 
-def cycle(batches: Iterable[dict], key: str, convert: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Converted ``key`` tensors of ``batches``, round and round."""
+def cycle(batches: Iterable[dict], key: str, convert: Callable[[torch.Tensor], torch.Tensor],
+          device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Converted ``key`` tensors of ``batches`` on ``device``, round and round."""
     while True:
         empty = True
         for batch in batches:
             empty = False
-            yield convert(batch[key])
+            yield convert(batch[key].to(device))
         if empty:
             raise ValueError("no training batches: the corpus is empty")
 
 
 def pretrain_autoencoders(audio_dir: Path, video_dir: Path, batches: Iterable[dict], data: DataConfig, steps: int,
-                          seed: int = 0, lr: float = 1e-3, images_per_step: int = 32) -> dict[str, FitResult]:
+                          seed: int = 0, lr: float = 1e-3, images_per_step: int = 32,
+                          device: torch.device | str = "cpu") -> dict[str, FitResult]:
     """Fit the mel VAE under ``audio_dir``/vae and the image VAE under ``video_dir``/vae on
     ``batches`` (dicts with 'frames' (B, F, H, W, 3) uint8 and 'wave' (B, N)) and save both back
     in place (diffusers layout). The image VAE sees ``images_per_step`` random frames of each
@@ -116,16 +118,17 @@ def pretrain_autoencoders(audio_dir: Path, video_dir: Path, batches: Iterable[di
 
     def some_frames(frames: torch.Tensor) -> torch.Tensor:
         images = frames_to_images(frames)
-        return images[torch.randperm(len(images), generator=g)[:images_per_step]]
+        return images[torch.randperm(len(images), generator=g)[:images_per_step].to(images.device)]
 
-    video_vae = AutoencoderKL.from_pretrained(video_dir / "vae")
-    results["video"] = fit_vae(video_vae, cycle(batches, "frames", some_frames), steps, lr, desc="video VAE")
-    video_vae.save_pretrained(video_dir / "vae")
-    audio_vae = AutoencoderKL.from_pretrained(audio_dir / "vae")
+    video_vae = AutoencoderKL.from_pretrained(video_dir / "vae").to(device)
+    results["video"] = fit_vae(video_vae, cycle(batches, "frames", some_frames, device), steps, lr, desc="video VAE")
+    video_vae.cpu().save_pretrained(video_dir / "vae")
+    audio_vae = AutoencoderKL.from_pretrained(audio_dir / "vae").to(device)
     multiple = 2 ** (len(audio_vae.config.block_out_channels) - 1)
-    results["audio"] = fit_vae(audio_vae, cycle(batches, "wave", lambda w: waves_to_mels(w, data, multiple)), steps, lr,
-                               desc="mel VAE")
-    audio_vae.save_pretrained(audio_dir / "vae")
+    mels = LogMel(data).to(device)
+    results["audio"] = fit_vae(audio_vae, cycle(batches, "wave", lambda w: pad_frames(mels(w), multiple)[:, None],
+                                                device), steps, lr, desc="mel VAE")
+    audio_vae.cpu().save_pretrained(audio_dir / "vae")
     return results
 
 
@@ -137,8 +140,9 @@ def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Te
     def losses() -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(batches)
         x0 = batch["latents"]
-        t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
+        # Drawn on the CPU, then moved: the same noise on any device.
+        t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=g).to(x0.device)
+        eps = torch.randn(x0.shape, generator=g).to(x0.device)
         out = forward(schedule.add_noise(x0, eps, t), t, batch)
         loss = torch.nn.functional.mse_loss(out.float(), schedule.target(x0, eps, t).float())
         return loss, loss
@@ -147,7 +151,8 @@ def _fit_denoiser(forward: Callable[[torch.Tensor, torch.Tensor, dict], torch.Te
     return FitResult(steps, first, last, None)
 
 
-def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 5e-4) -> dict[str, FitResult]:
+def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, lr: float = 5e-4,
+                       device: torch.device | str = "cpu") -> dict[str, FitResult]:
     """Train the audio UNet (AudioLDM: CLAP text embedding as class label) and the video UNet with
     its motion modules (AnimateDiff: CLIP context per frame), each alone, on the latents of the
     fitted autoencoders, then save them back in place: audio/unet, video/unet and the motion
@@ -158,14 +163,14 @@ def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, 
     from svgen.system import build_system
 
     torch.manual_seed(seed)
-    system = build_system(cfg)
+    system = build_system(cfg).to(device)
     audio, video = system.audio, system.video
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
     encoded = []
     for batch in batches:  # latents drawn once from the frozen autoencoders' posteriors
         captions = list(batch["caption"])
-        encoded.append({"a": audio_posterior(audio, batch["wave"], cfg.data).sample(g),
-                        "v": video_posterior(video, batch["frames"]).sample(g),
+        encoded.append({"a": audio_posterior(audio, batch["wave"].to(device), cfg.data).sample(g),
+                        "v": video_posterior(video, batch["frames"].to(device)).sample(g),
                         "text_a": audio.encode_text(captions), "text_v": video.encode_text(captions)})
     if not encoded:
         raise ValueError("no training batches: the corpus is empty")
@@ -188,7 +193,7 @@ def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, 
     results["audio"] = _fit_denoiser(audio_forward, list(unet_a.parameters()), cycle_latents("a"),
                                      Schedule(cfg.model.audio.schedule), steps, lr, seed, "audio UNet")
     unet_a.eval().requires_grad_(False)
-    unet_a.save_pretrained(Path(cfg.model.audio.path) / "unet")
+    unet_a.cpu().save_pretrained(Path(cfg.model.audio.path) / "unet")
 
     unet_v = video.unet
     unet_v.requires_grad_(True).train()
@@ -199,7 +204,7 @@ def pretrain_denoisers(cfg, batches: Iterable[dict], steps: int, seed: int = 0, 
 
     results["video"] = _fit_denoiser(video_forward, list(unet_v.parameters()), cycle_latents("v"),
                                      Schedule(cfg.model.video.schedule), steps, lr, seed, "video UNet")
-    unet_v.eval().requires_grad_(False)
+    unet_v.eval().requires_grad_(False).cpu()
     # Back to the two checkpoints the real path reads: the SD-layout UNet and the motion adapter.
     from diffusers import UNet2DConditionModel
 

@@ -4,7 +4,7 @@ floor, and every time it strikes, that material's recorded sound starts at that 
 Timing is the link the ablation measures: impacts sit on frame boundaries (t = k / fps), the
 ball touches the floor (and squashes) on exactly those frames, and the sound's first sample is
 at round(t * sample_rate). The material is a second, semantic link: it decides both the sound
-(a recorded one-shot from ../shared/media/audio) and the ball's colour, and it is named in the
+(a recorded one-shot, from the folder passed as ``media``) and the ball's colour, and it is named in the
 caption. Clips have 0 to ``max_hits`` impacts at random times, at least ``min_gap`` seconds apart,
 with a random position, size, background and loudness.
 
@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media" / "audio"
+SOUNDS_HELP = ("a folder holding the one-shot recordings elec_wood.flac, drum_cowbell.flac, drum_tom_lo_hard.flac "
+               "and drum_snare_hard.flac (CC0, from Debian's sonic-pi-samples: apt-get install sonic-pi-samples, "
+               "then /usr/share/sonic-pi/samples)")
 
 
 @dataclass(frozen=True)
 class Material:
     sound: str
-    """One-shot recording under ../shared/media/audio."""
+    """One-shot recording in the sounds folder (see SOUNDS_HELP)."""
     colour: tuple[int, int, int]
     caption: str
 
@@ -75,7 +77,7 @@ class HitsClip:
 _SOUNDS: dict[tuple[str, int], np.ndarray] = {}
 
 
-def load_sound(material: str, sample_rate: int, media: Path = MEDIA) -> np.ndarray:
+def load_sound(material: str, sample_rate: int, media: Path) -> np.ndarray:
     """The material's one-shot, mono at ``sample_rate``, peak-normalised to 1."""
     key = (material, sample_rate)
     if key not in _SOUNDS:
@@ -83,8 +85,7 @@ def load_sound(material: str, sample_rate: int, media: Path = MEDIA) -> np.ndarr
 
         path = media / MATERIALS[material].sound
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the hits corpus mixes the recorded one-shots of "
-                                    f"../shared/media/audio ({', '.join(m.sound for m in MATERIALS.values())})")
+            raise FileNotFoundError(f"{path} is missing: --media must be {SOUNDS_HELP}")
         wave, _ = librosa.load(str(path), sr=sample_rate, mono=True)
         start = int(np.argmax(np.abs(wave) > 0.05 * np.abs(wave).max()))  # trim leading silence: onset = impact
         wave = wave[start:]
@@ -122,7 +123,7 @@ def heights(frames: list[int], spec: Spec, top: float, rng: np.random.Generator)
     return h
 
 
-def make_clip(seed: int, index: int, spec: Spec, media: Path = MEDIA) -> HitsClip:
+def make_clip(seed: int, index: int, spec: Spec, media: Path) -> HitsClip:
     rng = np.random.default_rng([seed, index])
     material = list(MATERIALS)[int(rng.integers(len(MATERIALS)))]
     m = MATERIALS[material]
@@ -158,7 +159,7 @@ def make_clip(seed: int, index: int, spec: Spec, media: Path = MEDIA) -> HitsCli
     return HitsClip(video, np.clip(wave, -1, 1), material, m.caption, [f / spec.fps for f in frames_at])
 
 
-def write_split(out: Path, n: int, seed: int, spec: Spec, media: Path = MEDIA, progress: bool = True) -> Path:
+def write_split(out: Path, n: int, seed: int, spec: Spec, media: Path, progress: bool = True) -> Path:
     """``n`` clips as out/clips/NNNNN.mp4, out/list.csv (path,caption) for data_prep and the ground
     truth out/impacts.json, written last: a split whose impacts.json matches (n, seed, spec) is
     complete and is left as it is; an interrupted one is finished (clips already there are kept)."""
