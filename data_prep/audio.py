@@ -12,9 +12,12 @@ Empty packets are skipped: sent to the decoder, an empty packet means 'flush', a
 decoder refuses every later packet. A window whose audio is not fully covered becomes an error
 record (data_prep/decode.py), never padded silence.
 
-Downmix: a standard one (ITU-R BS.775 weights: front left/right 1, centre and surrounds
-1/sqrt(2), LFE 0), normalised to unit gain, so a 5.1 track is not the plain mean of its six
-channels with the LFE in it.
+Downmix: ffmpeg's (``-ac 1``, libswresample's default matrix, which follows ITU-R BS.775):
+front left and right 1/sqrt(2), centre 1, surrounds and backs 1/2 (the -3 dB stereo fold-down,
+then L and R summed at -3 dB), LFE 0, scaled to unit sum as ffmpeg scales it for integer output.
+So the centre sits at sqrt(2) x a front channel, as in the standard, not below it. A track whose
+channels carry no layout is read as ffmpeg reads it: the default layout for its channel count
+(6 channels: 5.1, the fourth channel the LFE).
 """
 
 from __future__ import annotations
@@ -30,15 +33,24 @@ GAP = 0.1
 """A timestamp this far ahead of the running position (seconds), continued regularly, is a gap."""
 REGULAR = 0.002
 """Timestamps agreeing with the sample count within this (seconds) are trusted."""
-_WEIGHTS = {"FL": 1.0, "FR": 1.0, "LFE": 0.0, "LFE2": 0.0}
-_SIDE = 2 ** -0.5
+_HALF = 2 ** -0.5
+_WEIGHTS = {"FL": _HALF, "FR": _HALF, "FC": 1.0, "LFE": 0.0, "LFE2": 0.0,
+            "FLC": _HALF, "FRC": _HALF, "SL": 0.5, "SR": 0.5, "BL": 0.5, "BR": 0.5, "BC": 0.5}
+"""ffmpeg's mono fold-down weights before scaling; channels not listed (top, wide) count 1/2."""
+DEFAULT_LAYOUTS = {1: ["FC"], 2: ["FL", "FR"], 3: ["FL", "FR", "FC"], 4: ["FL", "FR", "FC", "BC"],
+                   5: ["FL", "FR", "FC", "BL", "BR"], 6: ["FL", "FR", "FC", "LFE", "BL", "BR"],
+                   7: ["FL", "FR", "FC", "LFE", "BC", "SL", "SR"], 8: ["FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR"]}
+"""ffmpeg's default layout per channel count (av_channel_layout_default), for untagged tracks."""
 
 
 def channel_weights(names: list[str]) -> np.ndarray:
-    """Mono downmix weights (summing to 1) for channels named as FFmpeg names them."""
+    """Mono downmix weights (summing to 1) for channels named as FFmpeg names them; unnamed
+    channels ('NONE', an untagged track) take the default layout of their count."""
     if len(names) == 1:
         return np.ones(1, np.float32)
-    w = np.array([_WEIGHTS.get(n, _SIDE) for n in names], np.float32)
+    if not any(n in _WEIGHTS for n in names) and len(names) in DEFAULT_LAYOUTS:
+        names = DEFAULT_LAYOUTS[len(names)]
+    w = np.array([_WEIGHTS.get(n, 0.5) for n in names], np.float32)
     if w.sum() <= 0:
         w = np.ones(len(names), np.float32)
     return w / w.sum()

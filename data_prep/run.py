@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.inputs import InputItem, discover
-from data_prep.shard import is_finished, stats_path, write_shard
+from data_prep.shard import damaged, is_finished, stats_path, write_shard
 from svgen.config import Config, to_dict
 from svgen.fileio import write_json, write_lines
 from svgen.shards import shard_name
@@ -28,7 +28,7 @@ class PrepError(RuntimeError):
 
 def _fingerprint(items: list[InputItem], cfg: Config) -> str:
     blob = json.dumps({"inputs": [asdict(i) for i in items], "data": to_dict(cfg)["data"],
-                       "prep": {k: v for k, v in to_dict(cfg)["prep"].items() if k not in ("workers", "max_retries")}},
+                       "prep": {k: v for k, v in to_dict(cfg)["prep"].items() if k not in ("workers", "max_retries", "verify_shards")}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -82,6 +82,8 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
     n = shard_size(len(items), cfg.prep.inputs_per_shard, cfg.prep.min_shards)
     shards = {k: items[k * n:(k + 1) * n] for k in range((len(items) + n - 1) // n)}
     todo = [k for k in shards if not is_finished(out, k)]
+    remade = _verify_finished(out, [k for k in shards if k not in todo], cfg.prep.verify_shards, progress)
+    todo = sorted(todo + list(remade))
     skipped = len(shards) - len(todo)
     failed: dict[int, str] = {}
     clips = 0
@@ -111,6 +113,24 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
                 ray.shutdown()
     remove_stale_temporaries(out, before=t0)
     return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips)
+
+
+def _verify_finished(out: Path, finished: list[int], verify: bool, progress: bool) -> dict[int, str]:
+    """Finished shards whose tar no longer matches its stats' SHA-256 (read in parallel
+    threads: hashing releases the GIL); their stats are removed so they are remade."""
+    if not verify or not finished:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = dict(zip(finished, tqdm(pool.map(lambda k: damaged(out, k), finished), total=len(finished),
+                                        desc="verifying finished shards", unit="shard",
+                                        disable=not progress or len(finished) < 16)))
+    bad = {k: why for k, why in found.items() if why}
+    for k, why in bad.items():
+        print(f"remaking {shard_name(k)}: {why}", flush=True)
+        stats_path(out, k).unlink(missing_ok=True)
+    return bad
 
 
 def remove_stale_temporaries(out: Path, before: float) -> list[Path]:
@@ -155,10 +175,17 @@ def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, st
     write_lines(out / "manifest.jsonl", [json.dumps(m) for m in manifest])
     write_lines(out / "errors.jsonl", [json.dumps(e) for e in errors])
     inputs = sum(len(v) for v in shards.values())
-    failed_inputs = {e["input"] for e in errors}
+    with_errors = {e["input"] for e in errors}
+    with_clips = {m["input"] for m in manifest if m["clips"]}
     summary = {
-        "inputs": inputs, "inputs_with_clips": sum(1 for m in manifest if m["clips"]),
-        "inputs_with_errors": len(failed_inputs), "clips_written": clips, "errors": len(errors),
+        # Disjoint, adding up to "inputs": clips only, clips and errors (some windows failed),
+        # errors only (nothing kept), neither (e.g. shorter than one window: no window at all).
+        "inputs": inputs, "inputs_with_clips_only": len(with_clips - with_errors),
+        "inputs_with_clips_and_errors": len(with_clips & with_errors),
+        "inputs_with_errors_only": len(with_errors - with_clips),
+        "inputs_with_neither": inputs - len(with_clips | with_errors),
+        "inputs_with_clips": len(with_clips), "inputs_with_errors": len(with_errors),
+        "clips_written": clips, "errors": len(errors),
         "errors_by_stage": by_stage, "shards": len(shards), "shards_skipped": skipped,
         "shards_failed": sorted(shard_name(k) for k in failed),
         "media_hours": media / 3600, "clip_hours": clip_sec / 3600, "seconds": seconds,

@@ -1,11 +1,13 @@
 """Write one shard: every input of the shard through the stages, clips into a WebDataset tar.
 
 The tar is written under a temporary name and renamed when complete; the stats JSON, written
-last and also atomically, is the proof that the shard is finished (a re-run skips it).
+last and also atomically, is the proof that the shard is finished: a re-run skips a shard whose
+tar still has the size and SHA-256 its stats record, and remakes it otherwise.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,9 +21,14 @@ from data_prep.probe import probe
 from data_prep.records import ErrorRecord
 from data_prep.windows import plan_windows
 from svgen.config import Config
-from svgen.fileio import atomic_path, write_json
+from svgen.fileio import atomic_path, file_digest, write_json
 from svgen.media.audio import log_mel
 from svgen.shards import STATS_SUFFIX, clip_key, encode_sample, shard_name
+
+
+def _digest(path: Path) -> dict:
+    d = file_digest(path)
+    return {"bytes": d["size"], "sha256": d["sha256"]}
 
 
 def stats_path(out_dir: Path, shard_index: int) -> Path:
@@ -29,7 +36,26 @@ def stats_path(out_dir: Path, shard_index: int) -> Path:
 
 
 def is_finished(out_dir: Path, shard_index: int) -> bool:
-    return stats_path(out_dir, shard_index).is_file() and (out_dir / shard_name(shard_index)).is_file()
+    """The shard's stats exist (written last) and its tar has the size they record."""
+    stats, tar = stats_path(out_dir, shard_index), out_dir / shard_name(shard_index)
+    if not (stats.is_file() and tar.is_file()):
+        return False
+    try:
+        recorded = json.loads(stats.read_text())
+    except ValueError:
+        return False
+    return recorded.get("bytes") == tar.stat().st_size
+
+
+def damaged(out_dir: Path, shard_index: int) -> str | None:
+    """Why a finished shard no longer matches its stats (its SHA-256 differs: altered or
+    corrupted since it was written), or None. Reads the whole tar."""
+    recorded = json.loads(stats_path(out_dir, shard_index).read_text())
+    want = recorded.get("sha256")
+    if want is None:  # stats of an older svgen: size only
+        return None
+    got = file_digest(out_dir / shard_name(shard_index))["sha256"]
+    return None if got == want else f"{shard_name(shard_index)} does not match the SHA-256 in its stats"
 
 
 def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], cfg: Config) -> dict:
@@ -69,7 +95,7 @@ def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], c
                               "start": clip.meta["start"], "av_offset": clip.meta["av_offset"]})
     stats = {"shard": final.name, "shard_index": shard_index, "inputs": [asdict(i) for i in items],
              "clips": clips, "errors": errors, "num_clips": len(clips), "media_seconds": media_seconds,
-             "clip_seconds": len(clips) * data.seconds, "seconds": time.time() - t0, "bytes": final.stat().st_size}
+             "clip_seconds": len(clips) * data.seconds, "seconds": time.time() - t0, **_digest(final)}
     write_json(stats_path(out_dir, shard_index), stats)
     return stats
 

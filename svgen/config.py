@@ -247,6 +247,9 @@ class PrepConfig:
     """Parallel Ray tasks; 0 uses every CPU Ray sees."""
     max_retries: int = 2
     """Times a failed shard task is retried before its inputs are recorded as errors."""
+    verify_shards: bool = True
+    """On a re-run, check each finished shard's SHA-256 against its stats before skipping it
+    (a tar altered or damaged since it was written is remade); its size is always checked."""
 
     def validate(self, where: str) -> None:
         _check(self.stride >= 0, f"{where}.stride", "must be >= 0 (0 = one window length)")

@@ -11,6 +11,7 @@ Like ``svgen.config``, this module imports nothing from svgen, so ``data_prep`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -56,3 +57,15 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
 def write_lines(path: str | Path, lines: list[str]) -> Path:
     """One string per line (e.g. JSON Lines)."""
     return write_text(path, "".join(line + "\n" for line in lines))
+
+
+def file_digest(path: str | Path, sync: bool = False) -> dict:
+    """Size and SHA-256 of a file (read in 4 MiB blocks); ``sync`` also flushes it to disk."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+        if sync:
+            os.fsync(f.fileno())
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}

@@ -218,6 +218,21 @@ def test_rerun_skips_finished_shards_and_refuses_other_inputs(tmp_path):
     assert second["shards_skipped"] == second["shards"] == 2
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == mtimes
     assert second["clips_written"] == first["clips_written"] == 8
+    # A finished shard truncated later, the other with a byte altered in place: both remade.
+    tars = sorted(out.glob("shard-*.tar"))
+    raw = tars[0].read_bytes()
+    tars[0].write_bytes(raw[: len(raw) // 2])
+    altered = bytearray(tars[1].read_bytes())
+    altered[len(altered) // 2] ^= 0xFF
+    tars[1].write_bytes(bytes(altered))
+    third = run(str(src), str(out), _cfg("prep.inputs_per_shard=2"), progress=False)
+    assert third["shards_skipped"] == 0 and third["clips_written_this_run"] == 8
+    from svgen.fileio import file_digest
+
+    for t in tars:
+        stats = json.loads((out / (t.name + ".stats.json")).read_text())
+        assert file_digest(t) == {"size": stats["bytes"], "sha256": stats["sha256"]}
+    assert run(str(src), str(out), _cfg(), progress=False)["shards_skipped"] == 2  # whole again: kept
     write_flash_click(src / "v99.mp4", [0.5], duration=2.5)
     with pytest.raises(PrepError, match="another input list"):
         run(str(src), str(out), _cfg(), progress=False)
@@ -367,46 +382,57 @@ def test_a_window_without_its_audio_becomes_an_error_record_not_silence(tmp_path
         assert np.mean(np.abs(c.wave) < 1e-4) < 0.05
 
 
-def test_surround_downmix_drops_the_lfe_and_weights_centre_and_surrounds():
+def test_surround_downmix_matches_ffmpeg_ac1():
     from data_prep.audio import channel_weights
 
     names = ["FL", "FR", "FC", "LFE", "BL", "BR"]
     w = channel_weights(names)
-    side = 2 ** -0.5
     assert w[names.index("LFE")] == 0 and w.sum() == pytest.approx(1.0)
-    assert w[0] == pytest.approx(1 / (2 + 3 * side)) and w[2] == pytest.approx(side / (2 + 3 * side))
+    assert w[2] / w[0] == pytest.approx(2 ** 0.5) and w[4] / w[0] == pytest.approx(2 ** -0.5)  # BS.775
     assert channel_weights(["FL", "FR"]).tolist() == [0.5, 0.5]    # stereo: the plain mean, as before
     assert channel_weights(["FC"]).tolist() == [1.0]
+    assert channel_weights(["NONE"] * 6).tolist() == w.tolist()    # untagged 6 channels: read as 5.1
 
 
-def test_a_5_1_file_decodes_with_the_standard_downmix(tmp_path):
-    """A 5.1 WAV with a tone in the LFE only decodes to silence; one in the centre to 1/sqrt(2)
-    of the front weight."""
-    import av
-    from fractions import Fraction
+def _write_six_channels(path: Path, channel: int, tagged: bool, sr: int = 16000) -> Path:
+    """One second of a 300 Hz tone in one of six channels of a 16-bit WAV; ``tagged``: a
+    WAVE_FORMAT_EXTENSIBLE header with the 5.1 channel mask, else a plain PCM header that names
+    no layout (what ffmpeg reads as '6 channels')."""
+    import struct
+
+    x = np.zeros((sr, 6), np.int16)
+    x[:, channel] = (8000 * np.sin(2 * np.pi * 300 * np.arange(sr) / sr)).astype(np.int16)
+    data = x.tobytes()
+    if tagged:
+        fmt = struct.pack("<HHIIHHHHIH14s", 0xFFFE, 6, sr, sr * 12, 12, 16, 22, 16, 0x3F, 1,
+                          b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71")
+    else:
+        fmt = struct.pack("<HHIIHH", 1, 6, sr, sr * 12, 12, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_a_six_channel_file_decodes_as_ffmpeg_ac1_does(tmp_path, tagged):
+    """Each channel's weight in the decoded mono against the static ffmpeg's `-ac 1` on the same
+    file: 5.1 with its mask, and 6 channels without one (ffmpeg assumes 5.1 and drops the LFE)."""
+    import imageio_ffmpeg
 
     from data_prep.audio import decode_audio_span
 
-    def write(path, channel):
-        sr = 16000
-        with av.open(str(path), "w", format="wav") as out:
-            st = out.add_stream("pcm_s16le", rate=sr, layout="5.1")
-            for s in range(0, sr, 1024):
-                x = np.zeros((1, 1024 * 6), np.int16)
-                tone = (8000 * np.sin(2 * np.pi * 300 * (np.arange(1024) + s) / sr)).astype(np.int16)
-                x[0, channel::6] = tone
-                af = av.AudioFrame.from_ndarray(x, format="s16", layout="5.1")
-                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
-                out.mux(st.encode(af))
-            out.mux(st.encode())
-        return path
-
-    lfe = decode_audio_span(str(write(tmp_path / "lfe.wav", 3)), 0.1, 0.9, 16000)
-    front = decode_audio_span(str(write(tmp_path / "fl.wav", 0)), 0.1, 0.9, 16000)
-    centre = decode_audio_span(str(write(tmp_path / "fc.wav", 2)), 0.1, 0.9, 16000)
-    assert np.abs(lfe.wave).max() < 1e-4
-    ratio = np.sqrt(np.mean(centre.wave ** 2) / np.mean(front.wave ** 2))
-    assert ratio == pytest.approx(2 ** -0.5, rel=0.02)
+    ours, theirs = [], []
+    for ch in range(6):
+        path = _write_six_channels(tmp_path / f"c{ch}_{tagged}.wav", ch, tagged)
+        ours.append(np.sqrt(np.mean(decode_audio_span(str(path), 0.1, 0.9, 16000).wave ** 2)))
+        raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-ac", "1", "-f", "s16le",
+                              "-"], capture_output=True, check=True).stdout
+        y = np.frombuffer(raw, np.int16).astype(np.float32)[1600:14400] / 32768.0
+        theirs.append(np.sqrt(np.mean(y ** 2)))
+    ours, theirs = np.array(ours), np.array(theirs)
+    assert ours[3] < 1e-4 and theirs[3] < 1e-4                      # the LFE is dropped
+    np.testing.assert_allclose(ours / ours[0], theirs / theirs[0], rtol=0.02)
+    assert ours[2] / ours[0] == pytest.approx(2 ** 0.5, rel=0.02)    # the centre at +3 dB over a front channel
 
 
 def _write_mpeg_ps(path, seconds=2.5, fps=25, sr=44100):
@@ -476,6 +502,10 @@ def test_every_file_of_a_folder_is_accounted_for(tmp_path):
     assert "zero-length" in errors["empty.mov"]["message"]
     assert "dangling symbolic link" in errors["dangling.mp4"]["message"]
     assert summary["clips_written_this_run"] == summary["clips_written"] > 0
+    # The input counts are disjoint and add up (an input may have clips and errors both).
+    parts = ("inputs_with_clips_only", "inputs_with_clips_and_errors", "inputs_with_errors_only", "inputs_with_neither")
+    assert sum(summary[k] for k in parts) == summary["inputs"]
+    assert summary["inputs_with_clips"] == summary["inputs_with_clips_only"] + summary["inputs_with_clips_and_errors"]
 
     # A re-run does no work and says so (no made-up rate), and clears temporaries that a killed
     # earlier run left behind, but not one still being written.

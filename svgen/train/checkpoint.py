@@ -27,7 +27,6 @@ with an error that names the file, and never runs.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -47,7 +46,7 @@ from safetensors.torch import load_file, save_file
 
 from svgen.data.loader import DataPosition
 from svgen.distributed import all_gather_objects, all_true, barrier
-from svgen.fileio import atomic_path, write_json, write_text
+from svgen.fileio import atomic_path, file_digest, write_json, write_text
 
 MANIFEST = "manifest.json"
 TRAINER = "trainer.json"
@@ -198,17 +197,6 @@ def _safe_deepspeed_loads(engine) -> Iterator[None]:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def file_digest(path: Path, sync: bool = False) -> dict:
-    """Size and SHA-256 of a file; ``sync`` also flushes it to disk."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-        if sync:
-            os.fsync(f.fileno())
-    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _my_share(names: list[str], rank: int, world: int) -> list[str]:
