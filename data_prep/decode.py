@@ -23,7 +23,13 @@ from svgen.config import DataConfig, PrepConfig
 
 
 MAX_UNCOVERED = 0.005
-"""Seconds of a window's audio that may lack decoded samples (rounding at stream edges)."""
+"""Seconds of a window's audio that may lack decoded samples inside the stream (rounding)."""
+MAX_EDGE_GAP = 0.05
+"""Seconds of silence allowed before the stream's first decoded sample and after its last: AAC
+encoder priming (1024 samples, 21 ms at 48 kHz) or a first packet the decoder drops leave the
+first decoded frame a little after the declared start. ffmpeg pads such an edge with silence and
+keeps the audio in place; so do we (recorded as ``audio_edge_pad`` in the clip's metadata). Less
+than half a frame at 8 fps; a longer edge, or any hole inside, is missing audio."""
 
 
 class DecodeError(ValueError):
@@ -37,14 +43,47 @@ class Clip:
     meta: dict = field(default_factory=dict)
 
 
-def _damage(times: list[float]) -> str:
+def _damage(times: list[float], backend: str = "pyav") -> str:
     where = ", ".join(f"{t:.3f}s" for t in sorted(set(round(t, 3) for t in times))[:5])
+    tried = ("PyAV only: decord is not tried on a window PyAV found damaged, since decord cannot tell a damaged "
+             "frame from a good one" if backend == "pyav" else "decord, then PyAV")
     return (f"corrupted or truncated video data near {where}: the decoder could not read part of this window, "
-            "which is skipped rather than kept with stale or concealed frames")
+            f"which is skipped rather than kept with stale or concealed frames (decoders tried: {tried})")
 
 
 def _unreadable(e: Exception) -> str:
     return f"corrupted or truncated video data: neither decoder could read the frames ({type(e).__name__}: {e})"
+
+
+def _video_hole(targets: np.ndarray, picked: np.ndarray, tol: float, end: float) -> tuple[float, float] | None:
+    """(from, to) seconds of the first stretch of the window whose target times have no frame
+    within ``tol`` (the frame shown there is older, or, before the first frame, later), or None.
+    From: the last frame before the hole; to: the next frame's time, or the window's ``end``
+    when none comes before it."""
+    bad = np.abs(targets - picked) > tol
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    j = i + int(np.argmax(~bad[i:])) if (~bad[i:]).any() else len(bad)
+    if picked[i] > targets[i]:                      # before the first frame
+        return float(targets[i]), float(picked[i])
+    return float(picked[i]), float(picked[j]) if j < len(bad) else float(end)
+
+
+def _uncovered(covered: np.ndarray, offset: int, stream: np.ndarray, rate: int) -> tuple[int, float]:
+    """(samples missing inside the stream, seconds of edge padding) of a window whose coverage is
+    ``covered``, starting at sample ``offset`` of the decoded span ``stream``: samples before the
+    stream's first decoded sample or after its last are edge (ffmpeg pads them with silence)
+    while they stay within MAX_EDGE_GAP; every other uncovered sample is missing."""
+    have = np.flatnonzero(stream)
+    if len(have) == 0:
+        return len(covered), 0.0
+    first, last = have[0] - offset, have[-1] - offset          # in window samples
+    idx = np.arange(len(covered))
+    edge = ~covered & ((idx < first) | (idx > last))
+    if edge.sum() > MAX_EDGE_GAP * rate:
+        return int((~covered).sum()), 0.0
+    return int((~covered & ~edge).sum()), float(edge.sum()) / rate
 
 
 def _window_errors(p: Probe, windows: list[Window], stage: str, why: object) -> Iterator[tuple[None, ErrorRecord]]:
@@ -78,6 +117,11 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
     backend = "decord" if reader is not None else "pyav"
     decoded, damaged = None, []
     frame_gap = 1.0 / (p.fps if p.fps > 0 else data.fps)
+    # A target time whose frame on screen is further away than this has no frame of its own:
+    # two output frames (two source frames for a source slower than the output). Half a frame
+    # rejected real phone footage whose camera holds its first frame 0.185 s (a 1 s hole in the
+    # packets is 8 output frames; one stale frame in a row is what variable-rate footage shows).
+    hole_tol = max(2.0 / data.fps, 2.0 * frame_gap if p.fps > 0 else 0.0)
     if reader is None:
         # Overlapping windows (stride < length) share frames: decode each target time once.
         targets, inverse = np.unique(np.concatenate([w.start + offsets for w in windows]), return_inverse=True)
@@ -113,13 +157,21 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
             except (av.error.FFmpegError, ValueError, RuntimeError):
                 hit = None
             if hit is None or hit:
-                yield next(_window_errors(p, [w], "decode_video", _damage(hit) if hit else _unreadable(e)))
+                yield next(_window_errors(p, [w], "decode_video", _damage(hit, "decord") if hit else _unreadable(e)))
                 continue
+        hole = _video_hole(w.start + offsets, np.asarray(picked, dtype=float), hole_tol, w.end)
+        if hole is not None:
+            yield next(_window_errors(p, [w], "decode_video",
+                                      f"video missing between {hole[0]:.3f}s and {hole[1]:.3f}s (no frame there: "
+                                      "packets lost or dropped); the window is skipped rather than filled with "
+                                      "repeats of the frame before"))
+            continue
+        edge_pad = 0.0
         if audio is not None:
             a0 = int(round((w.start - span0) * data.sample_rate))
             wave = audio.wave[a0:a0 + data.num_samples]
-            covered = audio.covered[a0:a0 + data.num_samples]
-            missing = data.num_samples - int(covered.sum())
+            covered = np.pad(audio.covered[a0:a0 + data.num_samples], (0, max(0, data.num_samples - len(wave))))
+            missing, edge_pad = _uncovered(covered, a0, audio.covered, data.sample_rate)
             if missing > MAX_UNCOVERED * data.sample_rate:
                 yield next(_window_errors(p, [w], "decode_audio",
                                           f"audio missing or undecodable for {missing / data.sample_rate:.3f}s of the "
@@ -132,7 +184,7 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
         meta = {"source": p.path, "window": w.index, "start": round(w.start, 6), "end": round(w.end, 6),
                 "fps": data.fps, "sample_rate": data.sample_rate, "av_offset": round(p.av_offset, 6),
                 "frame_pts": [round(float(t), 6) for t in picked], "video_backend": window_backend,
-                "silent": not p.has_audio}
+                "silent": not p.has_audio, "audio_edge_pad": round(edge_pad, 6)}
         yield Clip(frames, wave, meta), None
 
 

@@ -625,3 +625,82 @@ def test_no_process_of_a_killed_prep_run_survives(tmp_path):
     orphans = [p for p in psutil.process_iter(["ppid", "cmdline", "create_time"])
                if p.info["ppid"] == 1 and p.info["create_time"] > t0 and (p.info["cmdline"] or [""])[0].startswith("ray::")]
     assert not orphans, [o.info["cmdline"] for o in orphans]
+
+
+def _write_aac_mp4(path: Path, bad_packets: range, seconds: float = 1.0, sr: int = 48000) -> Path:
+    """H.264 + AAC (48 kHz) mp4, a 440 Hz tone; the audio packets of ``bad_packets`` (by index,
+    0 = the encoder's priming frame at pts 0) are replaced by garbage the decoder rejects."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width = vs.height = 64
+        vs.pix_fmt = "yuv420p"
+        as_ = out.add_stream("aac", rate=sr)
+        as_.layout = "mono"
+        for i in range(int(25 * seconds)):
+            fr = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 + i, np.uint8), format="rgb24")
+            fr.pts = i
+            for pk in vs.encode(fr):
+                out.mux(pk)
+        for pk in vs.encode():
+            out.mux(pk)
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+        packets = []
+        for s in range(0, len(wave), 1024):
+            af = av.AudioFrame.from_ndarray(wave[s:s + 1024][None], format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+            packets += as_.encode(af)
+        packets += as_.encode()
+        rng = np.random.default_rng(0)
+        for i, pk in enumerate(packets):
+            pk.pts += 1024  # the priming frame at 0, no edit list: the audio is declared from 0
+            pk.dts += 1024
+            if i in bad_packets:
+                bad = av.Packet(rng.integers(0, 256, len(bytes(pk)), dtype=np.uint8).tobytes())
+                bad.pts, bad.dts, bad.time_base, bad.stream = pk.pts, pk.dts, pk.time_base, pk.stream
+                pk = bad
+            out.mux(pk)
+    return path
+
+
+def test_a_first_aac_frame_decoded_late_is_padded_as_ffmpeg_does_and_kept(tmp_path):
+    """The first AAC frame is rejected by the decoder, so the first decoded audio starts at
+    21 ms while the stream is declared from 0 (as with encoder priming): the window is kept, its
+    first 21 ms silent, and says so; a hole inside the stream still costs the window."""
+    cfg = _cfg()
+    p, clips = _clips(_write_aac_mp4(tmp_path / "late.mp4", range(0, 1)), cfg)
+    assert p.audio_start == 0.0 and len(clips) == 1
+    (clip,) = clips
+    assert clip.meta["audio_edge_pad"] == pytest.approx(1024 / 48000, abs=2e-3)
+    lead = int(0.02 * cfg.data.sample_rate)
+    assert np.abs(clip.wave[:lead - 40]).max() < 1e-3 and np.abs(clip.wave[lead + 400:]).max() > 0.1
+
+    p = probe(str(_write_aac_mp4(tmp_path / "hole.mp4", range(20, 26))))[0]
+    windows, _ = plan_windows(p, cfg.data, cfg.prep)
+    results = list(decode_clips(p, windows, cfg.data, cfg.prep))
+    assert [c for c, _ in results] == [None]
+    assert "audio missing or undecodable for 0.1" in results[0][1].message
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_hole_in_the_video_becomes_an_error_record_not_repeated_frames(tmp_path, suffix, backend):
+    """One second of video frames missing (5.0-6.0 s) with the audio intact: the windows that
+    reach into the hole are error records naming it; the others are kept, each frame its own."""
+    fps = 25
+    times = [round(k / fps, 4) for k in range(8 * fps) if not 5.0 <= k / fps < 6.0]
+    path = write_flash_click(tmp_path / f"hole{suffix}", [1.0, 7.0], duration=8.0, frame_times=times)
+    cfg = _cfg(f"prep.video_backend={backend}")
+    p = probe(str(path))[0]
+    windows, err = plan_windows(p, cfg.data, cfg.prep)
+    assert err is None and len(windows) >= 7
+    results = list(decode_clips(p, windows, cfg.data, cfg.prep))
+    bad = {int(e.message.split()[1]): e.message for c, e in results if e is not None}
+    assert set(bad) == {5}, bad                                             # [5, 6) lies in the hole
+    assert "video missing between 4.960s and 6.000s" in bad[5]
+    kept = [c for c, _ in results if c is not None]
+    for c in kept:
+        gaps = np.abs(np.asarray(c.meta["frame_pts"]) - (c.meta["start"] + np.arange(8) / 8))
+        assert gaps.max() <= 1 / fps + 1e-3
