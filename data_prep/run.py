@@ -51,13 +51,14 @@ def _init_ray(address: str | None, workers: int):
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray, False
-    else:
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=True)
-        # Ray's agents outlived a driver killed with SIGKILL: a watchdog ends them with it.
-        from data_prep.reaper import watch_embedded_cluster
+    # Ray's agents and workers outlived a driver killed with SIGKILL: a watchdog, started before
+    # the cluster (a kill inside ray.init too), ends them with it.
+    from data_prep.reaper import cluster_temp_dir, start_watchdog
 
-        watch_embedded_cluster()
+    temp_dir = cluster_temp_dir()
+    start_watchdog(temp_dir)
+    ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=True, _temp_dir=temp_dir)
     return ray, True
 
 

@@ -627,6 +627,44 @@ def test_no_process_of_a_killed_prep_run_survives(tmp_path):
     assert not orphans, [o.info["cmdline"] for o in orphans]
 
 
+@pytest.mark.multiprocess
+def test_no_process_survives_a_driver_killed_inside_ray_init(tmp_path):
+    """kill -9 while ray.init is still starting the cluster (its folder exists, its agents are
+    coming up): the watchdog, started before the cluster, leaves no process naming the cluster's
+    folder, and removes the folder."""
+    import psutil
+
+    from data_prep.reaper import cluster_temp_dir
+
+    src = _inputs(tmp_path, 2)
+    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(tmp_path / "out"), "--config",
+           str(TINY), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = cluster_temp_dir(proc.pid)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(Path(folder).glob("session_*")):
+        time.sleep(0.02)
+    assert any(Path(folder).glob("session_*")), "the cluster never started"
+    time.sleep(0.3)  # inside ray.init: the GCS is up, the raylet and agents are starting
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def left() -> list[str]:
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if folder in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(" ".join(p.info["cmdline"])[:100])
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    deadline = time.time() + 20
+    while time.time() < deadline and (left() or Path(folder).exists()):
+        time.sleep(0.2)
+    assert not left() and not Path(folder).exists(), left()
+
+
 def _write_aac_mp4(path: Path, bad_packets: range, seconds: float = 1.0, sr: int = 48000) -> Path:
     """H.264 + AAC (48 kHz) mp4, a 440 Hz tone; the audio packets of ``bad_packets`` (by index,
     0 = the encoder's priming frame at pts 0) are replaced by garbage the decoder rejects."""
