@@ -1,8 +1,14 @@
-"""Data-prep memory against corpus size (issue 14, item 5): the peak of the summed resident memory
-of the driver and its Ray worker processes, sampled every 0.2 s, for a corpus and for 4x it,
-with each video decoder. Memory must stay flat: the 4x peak within 10 % of the 1x peak.
+"""Data-prep memory (issues 14 and 21): the peak of the summed resident memory of the whole
+process tree (the driver, Ray's workers, its GCS, raylet and agents: every process of the
+embedded cluster), sampled every 0.2 s.
+
+- against corpus size: a corpus and 4x it, with each video decoder; the 4x peak must stay within
+  10 % of the 1x peak;
+- against the length of one input (--lengths, minutes): one input of each length through one
+  worker; windows are decoded in groups reached by seeking, so the peak must not grow with it.
 
     python benchmarks/data_prep_memory.py [--videos 6] [--seconds 10] [--backends pyav,decord]
+    python benchmarks/data_prep_memory.py --lengths 2,10,30 --backends pyav --skip-corpus
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from svgen.config import load_config  # noqa: E402
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and every Ray worker ('ray::' processes)."""
+    """Samples the summed RSS of this process and every process of its embedded Ray cluster
+    (workers, GCS, raylet, agents: their command lines name the cluster's temp folder), or, when
+    attached elsewhere, every 'ray::' worker."""
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self.worker_peak = interval, 0, 0
@@ -36,13 +44,16 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
+        from data_prep.reaper import cluster_temp_dir
+
         me = psutil.Process(os.getpid())
+        folder = cluster_temp_dir()
         while not self._stop.is_set():
             total, largest = me.memory_info().rss, 0
             for p in psutil.process_iter(["name", "cmdline"]):
                 try:
                     title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
-                    if title.startswith("ray::"):  # Ray's workers, busy or idle
+                    if p.pid != me.pid and (title.startswith("ray::") or folder in title):
                         rss = p.memory_info().rss
                         total += rss
                         largest = max(largest, rss)
@@ -66,12 +77,52 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--backends", default="pyav,decord")
+    ap.add_argument("--lengths", default="", help="minutes, comma list: one input of each length (e.g. 2,10,30)")
+    ap.add_argument("--long-size", type=int, default=128, help="frame size of the long inputs (default 128 px)")
+    ap.add_argument("--skip-corpus", action="store_true", help="only the input-length axis")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
+        _init_ray(None, 2)
+        if args.lengths:
+            lengths(tmp, [float(x) for x in args.lengths.split(",")], args.long_size, args.backends.split(","))
+        if not args.skip_corpus:
+            corpus_sizes(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lengths(tmp: Path, minutes: list[float], size: int, backends: list[str]) -> None:
+    from media_fixtures import write_flash_click
+
+    print(f"one input per length: {size}px 25fps h264 + 44.1 kHz aac, an event every 2.7 s; 1 Ray worker; "
+          "output 4 s x 8 fps x 256 px")
+    for backend in backends:
+        peaks = {}
+        for m in minutes:
+            src = tmp / f"len{m:g}"
+            src.mkdir(exist_ok=True)
+            seconds = 60.0 * m
+            write_flash_click(src / "long.mp4", [1.3 + 2.7 * k for k in range(int(seconds / 2.7) - 1)],
+                              duration=seconds, size=size, fps=25, sample_rate=44100)
+            cfg = load_config(ROOT / "configs" / "greatesthits.yaml", [f"prep.video_backend={backend}", "prep.workers=1"])
+            t0 = time.perf_counter()
+            with PeakRSS() as mem:
+                s = run(str(src), str(tmp / f"outlen{m:g}_{backend}"), cfg, progress=False)
+            peaks[m] = mem.peak
+            print(f"{backend:6s} {m:4g} min ({s['clips_written']:4d} clips, {time.perf_counter() - t0:6.1f}s): peak "
+                  f"summed RSS {mem.peak / 2**20:7.0f} MiB, largest process {mem.worker_peak / 2**20:6.0f} MiB",
+                  flush=True)
+            shutil.rmtree(src)
+        first = minutes[0]
+        print(f"{backend:6s} " + ", ".join(f"{m:g} / {first:g} min peak: {peaks[m] / peaks[first]:.2f}"
+                                           for m in minutes[1:]))
+
+
+def corpus_sizes(tmp: Path, args) -> None:
+    if True:
         src = write_benchmark_corpus(tmp / "in", 4 * args.videos, args.seconds, args.size)
         files = sorted(src.iterdir())
-        _init_ray(None, 2)
         print(f"inputs: {args.seconds:.0f}s {args.size}px 30fps h264 + aac; 2 Ray workers; default shard sizing")
         for backend in args.backends.split(","):
             peaks = {}
@@ -91,8 +142,6 @@ def main() -> None:
                       f"{time.perf_counter() - t0:5.1f}s): peak summed RSS {m.peak / 2**20:7.0f} MiB, "
                       f"largest worker {m.worker_peak / 2**20:6.0f} MiB", flush=True)
             print(f"{backend:6s} 4x / 1x peak: {peaks[4] / peaks[1]:.2f}  (target <= 1.10)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ channels carry no layout is read as ffmpeg reads it: the default layout for its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import av
@@ -82,14 +83,21 @@ class AudioSpan:
     """bool (N,): False where the stream had no audio (before its start, after its end, gaps)."""
 
 
-def _frames(path: str, stop: float):
+SEEK_MARGIN = 1.0
+"""Seconds decoded before a span when seeking to it (the decoder's start-up and frame edges)."""
+
+
+def _frames(path: str, stop: float, seek: float | None = None):
     """(timestamp or None, mono samples) of every decodable frame, until ``stop`` seconds; and the
-    stream's sample rate and declared start time."""
+    stream's sample rate and declared start time. With ``seek``, decoding starts near that time
+    (a keyframe before it) instead of at the stream's start."""
     out = []
     with av.open(path) as c:
         a = c.streams.audio[0]
         sr = a.codec_context.sample_rate
         start = float(a.start_time * a.time_base) if a.start_time is not None else None
+        if seek is not None:
+            c.seek(int(seek / a.time_base), stream=a, backward=True)
         samples = 0
         for pkt in c.demux(a):
             if pkt.size == 0:
@@ -104,7 +112,9 @@ def _frames(path: str, stop: float):
             # Stop past ``stop`` only when both the timestamp and the sample count say so: either
             # alone can run ahead (garbage timestamps; or a gap, where samples lag the timeline).
             t = out[-1][0] if out else None
-            origin = start if start is not None else (out[0][0] if out and out[0][0] is not None else 0.0)
+            first = out[0][0] if out and out[0][0] is not None else None
+            origin = (first if first is not None else seek) if seek is not None else \
+                (start if start is not None else (first if first is not None else 0.0))
             if t is not None and min(t, origin + samples / sr) > stop + 1.0:
                 break
     return out, sr, start
@@ -130,24 +140,60 @@ def _placement(frames: list, sr: int, declared_start: float | None) -> list[floa
     return starts
 
 
-def decode_audio_span(path: str, t0: float, t1: float, sample_rate: int) -> AudioSpan:
-    """Mono float32 samples of [t0, t1) at ``sample_rate`` and their coverage."""
-    frames, sr, declared = _frames(path, t1)
-    n = int(round((t1 - t0) * sr))
+def _seekable(frames: list, sr: int, t0: float) -> bool:
+    """Frames decoded after a seek can be placed on their own: they start at or before ``t0`` and
+    their timestamps advance with their sample counts."""
+    if len(frames) < 2 or frames[0][0] is None or frames[0][0] > t0:
+        return False
+    return all(frames[i][0] is not None and frames[i + 1][0] is not None
+               and abs(frames[i + 1][0] - frames[i][0] - len(frames[i][1]) / sr) < REGULAR for i in range(min(8, len(frames) - 1)))
+
+
+def decode_audio_span(path: str, t0: float, t1: float, sample_rate: int, seek: bool = False) -> AudioSpan:
+    """Mono float32 samples of [t0, t1) at ``sample_rate`` and their coverage. ``seek``: start
+    decoding near ``t0`` rather than at the stream's start (memory and time bounded by the span,
+    not by where it lies in the file); when the frames after the seek cannot be placed on their
+    own (irregular timestamps), the stream is decoded from its start instead."""
+    frames = None
+    if seek and t0 > SEEK_MARGIN:
+        frames, sr, _ = _frames(path, t1, seek=t0 - SEEK_MARGIN)
+        if _seekable(frames, sr, t0):
+            declared = frames[0][0]
+        else:
+            frames = None
+    if frames is None:
+        frames, sr, declared = _frames(path, t1)
+    # Samples live on the stream's absolute grid (sample i at i / sr), and the buffer starts at
+    # a multiple of the resampler's input period, so each output sample is the same whatever
+    # span it was decoded in (a window decoded in a group reached by seeking equals one decoded
+    # in a pass from the start). Frames are placed by their start (rounded to a sample) and
+    # snapped onto the previous frame's end when within a sample of it: float timestamps must
+    # not open one-sample holes or overlaps between frames that follow each other.
+    g = math.gcd(sr, sample_rate)
+    period_in, period_out = sr // g, sample_rate // g
+    first = math.floor(t0 * sr / period_in) * period_in            # absolute input index of buf[0]
+    n = max(0, math.ceil(t1 * sr) + 64 * period_in - first)        # + context for the resampler's right edge
     buf = np.zeros(n, np.float32)
     covered = np.zeros(n, bool)
+    end = None
     for start, (_, mono) in zip(_placement(frames, sr, declared), frames):
-        i0 = int(round((start - t0) * sr))
-        lo, hi = max(i0, 0), min(i0 + len(mono), n)
+        pos = int(round(start * sr))
+        if end is not None and abs(pos - end) <= 1:
+            pos = end
+        end = pos + len(mono)
+        lo, hi = max(pos - first, 0), min(pos - first + len(mono), n)
         if hi > lo:
-            buf[lo:hi] = mono[lo - i0:hi - i0]
+            buf[lo:hi] = mono[lo - (pos - first):hi - (pos - first)]
             covered[lo:hi] = True
-    wave = torch.from_numpy(buf)
     want = int(round((t1 - t0) * sample_rate))
+    out0 = first // period_in * period_out                          # absolute output index of out[0]
+    skip = int(round(t0 * sample_rate)) - out0
     if sr != sample_rate:
-        wave = torchaudio.functional.resample(wave, sr, sample_rate)
-        idx = np.minimum((np.arange(want) * sr) // sample_rate, max(n - 1, 0))
-        covered = covered[idx] if n else np.zeros(want, bool)
-    wave = np.pad(wave.numpy(), (0, max(0, want - wave.shape[0])))[:want].astype(np.float32)
-    covered = np.pad(covered, (0, max(0, want - len(covered))))[:want]
+        wave = torchaudio.functional.resample(torch.from_numpy(buf), sr, sample_rate).numpy()
+        idx = np.minimum(((np.arange(len(wave)) + out0) * sr) // sample_rate - first, max(n - 1, 0))
+        covered = covered[idx] if n else np.zeros(len(wave), bool)
+    else:
+        wave = buf
+    wave = np.pad(wave[skip:skip + want], (0, max(0, want - len(wave[skip:skip + want])))).astype(np.float32)
+    covered = np.pad(covered[skip:skip + want], (0, max(0, want - len(covered[skip:skip + want]))))
     return AudioSpan(wave, covered)

@@ -92,21 +92,32 @@ def _window_errors(p: Probe, windows: list[Window], stage: str, why: object) -> 
         yield None, ErrorRecord(p.path, stage, f"window {w.index} at {w.start:.3f}s: {why}")
 
 
-def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepConfig
-                 ) -> Iterator[tuple[Clip | None, ErrorRecord | None]]:
-    """Every window of one input as (clip, None) or (None, error). The audio of the whole span is
-    decoded once; video frames are picked by pts (decord per window, or one PyAV pass)."""
+AUDIO_CONTEXT = 0.05
+"""Seconds of audio decoded on each side of a group of windows (resampling context)."""
+GROUP_SECONDS = 60.0
+"""Windows are decoded in groups spanning about this long: memory per input is bounded by a
+group, not by the input's length (a 20-minute input no longer holds all its frames and audio at
+once). Each group after the first is reached by seeking, not by decoding from the start."""
+
+
+def _groups(windows: list[Window], seconds: float) -> Iterator[list[Window]]:
+    group: list[Window] = []
+    for w in windows:
+        if group and w.end - group[0].start > seconds:
+            yield group
+            group = []
+        group.append(w)
+    if group:
+        yield group
+
+
+def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepConfig,
+                 group_seconds: float = GROUP_SECONDS) -> Iterator[tuple[Clip | None, ErrorRecord | None]]:
+    """Every window of one input as (clip, None) or (None, error), group by group (GROUP_SECONDS):
+    each group's audio decoded once, its video frames picked by pts (decord per window, or one
+    PyAV pass per group)."""
     if not windows:
         return
-    span0, span1 = windows[0].start, windows[-1].end
-    audio = None
-    if p.has_audio:
-        try:
-            audio = decode_audio_span(p.path, span0, span1, data.sample_rate)
-        except (av.error.FFmpegError, ValueError, RuntimeError) as e:
-            yield from _window_errors(p, windows, "decode_audio", e)
-            return
-    offsets = np.arange(data.num_frames) / data.fps
     # decord applies a display rotation itself (svgen would turn the frames twice) and fails on
     # 180 degrees: rotated inputs always take PyAV, whose frames match what ffmpeg displays.
     upright = p.rotation % 360 == 0
@@ -114,6 +125,23 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
     if reader is None and prep.video_backend == "decord" and upright:
         yield from _window_errors(p, windows, "decode_video", "decord could not read valid frame timestamps")
         return
+    for n, group in enumerate(_groups(windows, group_seconds)):
+        yield from _decode_group(p, group, data, reader, upright, seek=n > 0)
+
+
+def _decode_group(p: Probe, windows: list[Window], data: DataConfig, reader, upright: bool, seek: bool
+                  ) -> Iterator[tuple[Clip | None, ErrorRecord | None]]:
+    # The audio is decoded a little beyond the group on both sides, so the resampler has context
+    # at its edges: a window's samples do not depend on where its group starts or ends.
+    span0, span1 = windows[0].start - AUDIO_CONTEXT, windows[-1].end + AUDIO_CONTEXT
+    audio = None
+    if p.has_audio:
+        try:
+            audio = decode_audio_span(p.path, span0, span1, data.sample_rate, seek=seek)
+        except (av.error.FFmpegError, ValueError, RuntimeError) as e:
+            yield from _window_errors(p, windows, "decode_audio", e)
+            return
+    offsets = np.arange(data.num_frames) / data.fps
     backend = "decord" if reader is not None else "pyav"
     decoded, damaged = None, []
     frame_gap = 1.0 / (p.fps if p.fps > 0 else data.fps)
@@ -126,14 +154,13 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
         # Overlapping windows (stride < length) share frames: decode each target time once.
         targets, inverse = np.unique(np.concatenate([w.start + offsets for w in windows]), return_inverse=True)
         try:
-            frames_u, picked_u, damaged = pyav_frames(p.path, targets, p.rotation, data.size)
+            frames_u, picked_u, damaged = pyav_frames(p.path, targets, p.rotation, data.size, seek=seek)
             decoded = (frames_u[inverse], picked_u[inverse])
         except (av.error.FFmpegError, ValueError, RuntimeError) as e:
             reader = decord_reader(p.path) if upright else None  # the other decoder before giving up
             if reader is None:
                 yield from _window_errors(p, windows, "decode_video", _unreadable(e))
                 return
-            backend = "decord"
     for i, w in enumerate(windows):
         hit = [t for t in damaged if w.start - frame_gap < t < w.end]
         if hit:
@@ -151,7 +178,7 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
                 frames, picked = decoded[0][sl], decoded[1][sl]
         except Exception as e:  # noqa: BLE001 - decord raises its own error types mid-file
             try:  # decord failed on this window: PyAV for it, before giving up
-                frames, picked, hit = pyav_frames(p.path, w.start + offsets, p.rotation, data.size)
+                frames, picked, hit = pyav_frames(p.path, w.start + offsets, p.rotation, data.size, seek=True)
                 hit = [t for t in hit if w.start - frame_gap < t < w.end]
                 window_backend = "pyav"
             except (av.error.FFmpegError, ValueError, RuntimeError):

@@ -49,12 +49,30 @@ def decord_reader(path: str):
     return vr, times
 
 
-def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int
+SEEK_MARGIN = 1.0
+"""Seconds before the first target to seek to (the keyframe before that point is decoded from)."""
+
+
+def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int, seek: bool = False
                 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """One PyAV pass keeping, resized, the frames on screen at the sorted target times (memory
     bounded by the number of targets). Also returns the times of damage: packets the decoder
     rejected and frames it flagged corrupt. The pass goes on past them, but a window that holds
-    damage must not be kept (its frames would be stale or concealed garbage)."""
+    damage must not be kept (its frames would be stale or concealed garbage).
+
+    ``seek``: start at the keyframe before the first target (less SEEK_MARGIN) instead of at the
+    stream's start; when the first frame decoded after the seek comes after the first target
+    (an imprecise seek), the pass is made again from the start."""
+    if seek and len(targets) and targets[0] > SEEK_MARGIN:
+        result = _pyav_pass(path, targets, rotation, size, seek_to=float(targets[0]) - SEEK_MARGIN)
+        if result is not None:
+            return result
+    result = _pyav_pass(path, targets, rotation, size, seek_to=None)
+    assert result is not None
+    return result
+
+
+def _pyav_pass(path: str, targets: np.ndarray, rotation: int, size: int, seek_to: float | None):
     out = np.zeros((len(targets), size, size, 3), np.uint8)
     picked = np.full(len(targets), np.nan)
     damaged: list[float] = []
@@ -78,13 +96,19 @@ def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int
 
     with av.open(path) as c:
         stream, flush = c.streams.video[0], None
+        if seek_to is not None:
+            c.seek(int(seek_to / stream.time_base), stream=stream, backward=True)
         for pkt in c.demux(stream):
             if pkt.size == 0:  # flushes the decoder for good: only the stream's last one is used
                 flush = pkt
                 continue
             flush = None
             try:
-                take(pkt.decode())
+                decoded = pkt.decode()
+                if seek_to is not None and prev is None and decoded and decoded[0].time is not None \
+                        and decoded[0].time > targets[0] + 1e-6:
+                    return None  # the seek landed past the first target: decode from the start
+                take(decoded)
             except av.error.FFmpegError:
                 if pkt.pts is not None:
                     damaged.append(float(pkt.pts * pkt.time_base))
