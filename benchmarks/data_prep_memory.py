@@ -120,28 +120,27 @@ def lengths(tmp: Path, minutes: list[float], size: int, backends: list[str]) -> 
 
 
 def corpus_sizes(tmp: Path, args) -> None:
-    if True:
-        src = write_benchmark_corpus(tmp / "in", 4 * args.videos, args.seconds, args.size)
-        files = sorted(src.iterdir())
-        print(f"inputs: {args.seconds:.0f}s {args.size}px 30fps h264 + aac; 2 Ray workers; default shard sizing")
-        for backend in args.backends.split(","):
-            peaks = {}
-            for scale in (1, 4):
-                corpus = tmp / f"c{scale}_{backend}"
-                corpus.mkdir()
-                for f in files[: scale * args.videos]:
-                    os.symlink(f, corpus / f.name)
-                # Default shard sizing (a small corpus is spread over many shards): both workers are
-                # busy at 1x too, so 4x differs only by more shards through the same worker processes.
-                cfg = load_config(ROOT / "configs" / "greatesthits.yaml", [f"prep.video_backend={backend}"])
-                t0 = time.perf_counter()
-                with PeakRSS() as m:
-                    s = run(str(corpus), str(tmp / f"out{scale}_{backend}"), cfg, progress=False)
-                peaks[scale] = m.peak
-                print(f"{backend:6s} {scale}x ({scale * args.videos:3d} inputs, {s['clips_written']:4d} clips, "
-                      f"{time.perf_counter() - t0:5.1f}s): peak summed RSS {m.peak / 2**20:7.0f} MiB, "
-                      f"largest worker {m.worker_peak / 2**20:6.0f} MiB", flush=True)
-            print(f"{backend:6s} 4x / 1x peak: {peaks[4] / peaks[1]:.2f}  (target <= 1.10)")
+    src = write_benchmark_corpus(tmp / "in", 4 * args.videos, args.seconds, args.size)
+    files = sorted(src.iterdir())
+    print(f"inputs: {args.seconds:.0f}s {args.size}px 30fps h264 + aac; 2 Ray workers; default shard sizing")
+    for backend in args.backends.split(","):
+        peaks = {}
+        for scale in (1, 4):
+            corpus = tmp / f"c{scale}_{backend}"
+            corpus.mkdir()
+            for f in files[: scale * args.videos]:
+                os.symlink(f, corpus / f.name)
+            # Default shard sizing (a small corpus is spread over many shards): both workers are
+            # busy at 1x too, so 4x differs only by more shards through the same worker processes.
+            cfg = load_config(ROOT / "configs" / "greatesthits.yaml", [f"prep.video_backend={backend}"])
+            t0 = time.perf_counter()
+            with PeakRSS() as m:
+                s = run(str(corpus), str(tmp / f"out{scale}_{backend}"), cfg, progress=False)
+            peaks[scale] = m.peak
+            print(f"{backend:6s} {scale}x ({scale * args.videos:3d} inputs, {s['clips_written']:4d} clips, "
+                  f"{time.perf_counter() - t0:5.1f}s): peak summed RSS {m.peak / 2**20:7.0f} MiB, "
+                  f"largest worker {m.worker_peak / 2**20:6.0f} MiB", flush=True)
+        print(f"{backend:6s} 4x / 1x peak: {peaks[4] / peaks[1]:.2f}  (target <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ class EncoderConfig:
     """Output width C_ctx of the pooled features p_m (1280 in the reference)."""
     temporal_heads: int = 8
     """Heads of the video encoder's temporal attention (8 in the reference; head width C/4)."""
+    temporal_norm: Literal["time", "channel"] = "time"
+    """The norm before the video encoder's temporal attention: 'time' standardises each channel
+    of each pixel across the frames, as the reference does (the parameters have the same shape
+    either way, so a checkpoint loads under both: this must match how it was trained);
+    'channel' is the layer norm over channels that the code the reference copied uses since."""
 
     def validate(self, where: str) -> None:
         _check(self.context_dim >= 1, f"{where}.context_dim", "must be >= 1")

@@ -216,3 +216,49 @@ def test_greatesthits_trains_the_motion_modules_and_averages_the_added_modules_o
     assert cfg.train.ema_decay == 0.9999 and cfg.model.cmcpe.head_dim == 8
     assert cfg.model.video.schedule.timestep_spacing == "linspace"
     assert "Realistic_Vision_V5.1" in cfg.model.video.path
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
+def test_the_temporal_attention_normalises_over_time_as_the_reference(dtype, eps):
+    """The reference's temporal attention (modules_video.py: LayerNorm over dim 1 of the
+    (b*h*w, t, c) tokens) standardises each channel across the frames, then scales by a gain of
+    shape (c,); 'channel' normalises each token over its channels. Written out by hand."""
+    from svgen.models.encoders import TemporalAttention, frame_time_embedding
+
+    torch.manual_seed(0)
+    n, t, c = 6, 8, 16
+    x = torch.randn(n, t, c) * torch.linspace(0.5, 3.0, c) + torch.linspace(-2, 2, t)[:, None]
+    x = x.to(dtype)
+    attn = TemporalAttention(c, heads=2, fps=8.0).to(dtype)
+    with torch.no_grad():
+        attn.norm.g.copy_(torch.linspace(0.5, 1.5, c))
+    seen = {}
+    attn.norm.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
+    attn(x)
+    y = (x + frame_time_embedding(t, 8.0, c, x.device, x.dtype)).float()
+    mean = y.mean(dim=1, keepdim=True)                                  # over the frames
+    var = ((y - mean) ** 2).mean(dim=1, keepdim=True)                   # biased, as the reference's
+    want = (y - mean) / torch.sqrt(torch.clamp(var, min=eps)) * torch.linspace(0.5, 1.5, c)
+    torch.testing.assert_close(seen["out"].float(), want, rtol=2e-2 if dtype != torch.float32 else 1e-5,
+                               atol=5e-2 if dtype != torch.float32 else 1e-5)
+    # The channel norm computes something else on the same weights (same parameter shapes).
+    other = TemporalAttention(c, heads=2, fps=8.0, norm="channel").to(dtype)
+    other.load_state_dict(attn.state_dict())
+    got = {}
+    other.norm.register_forward_hook(lambda m, a, out: got.setdefault("out", out))
+    other(x)
+    assert (got["out"].float() - seen["out"].float()).abs().max() > 0.5
+
+
+def test_the_default_config_takes_the_reference_temporal_norm(tiny_cfg):
+    from svgen.models.encoders import TimeNorm
+
+    cfg = tiny_cfg()
+    assert cfg.model.encoder.temporal_norm == "time"
+    from svgen.system import build_system
+
+    enc = build_system(cfg).model.encoder_v
+    assert isinstance(enc.st1.attn.norm, TimeNorm) and isinstance(enc.st2.attn.norm, TimeNorm)
+    chan = build_system(tiny_cfg("model.encoder.temporal_norm=channel")).model.encoder_v
+    assert not isinstance(chan.st1.attn.norm, TimeNorm)
+    assert chan.state_dict().keys() == enc.state_dict().keys()  # a checkpoint loads either way

@@ -75,6 +75,22 @@ class GainNorm(nn.Module):
         return (x - mean) * var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g.reshape(shape)
 
 
+class TimeNorm(nn.Module):
+    """The reference's norm of the temporal attention's tokens (N, T, C): each channel of each
+    pixel standardised across the frames (mean and variance over dim 1, time), then scaled by a
+    gain of shape (C,); eps 1e-5 in fp32, 1e-3 in half types. (The code the reference copied
+    wrote this norm for channel-first tensors; applied to time-major tokens it normalises over
+    time. Its upstream fixed that to a channel norm: ``model.encoder.temporal_norm: channel``.)"""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mean) * var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g
+
+
 class RelativePositionBias(nn.Module):
     """A per-head additive attention bias from an MLP over the signed log distance between frames
     (continuous position bias, arXiv 2111.09883): SiLU MLP of ``layers`` hidden layers."""
@@ -107,13 +123,16 @@ def frame_time_embedding(frames: int, fps: float, dim: int, device, dtype) -> to
 
 class TemporalAttention(nn.Module):
     """Self-attention along time at each pixel: tokens (N, T, C) plus the frame-time embedding,
-    gain-only layer norm, ``heads`` heads of width C/4, relative-position bias, zero-init output."""
+    a gain-only norm (``norm`` 'time': over the frames, as the reference; 'channel': over the
+    channels), ``heads`` heads of width C/4, relative-position bias, zero-init output."""
 
-    def __init__(self, dim: int, heads: int, fps: float):
+    def __init__(self, dim: int, heads: int, fps: float, norm: str = "time"):
         super().__init__()
         self.heads, self.fps = heads, fps
         inner = heads * max(dim // 4, 1)
-        self.norm = GainNorm(dim)
+        if norm not in ("time", "channel"):
+            raise ValueError(f"temporal norm must be 'time' or 'channel', got {norm!r}")
+        self.norm = TimeNorm(dim) if norm == "time" else GainNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = _zero(nn.Linear(inner, dim, bias=False))
@@ -163,9 +182,9 @@ class SpatioTemporalBlock(nn.Module):
     """Video only, after each encoder ResBlock: temporal attention, token-shift feed-forward and a
     frame-shift ResBlock (GN-SiLU-zero conv3x3 per frame, then channel groups shifted in time)."""
 
-    def __init__(self, dim: int, heads: int, fps: float):
+    def __init__(self, dim: int, heads: int, fps: float, temporal_norm: str = "time"):
         super().__init__()
-        self.attn = TemporalAttention(dim, heads, fps)
+        self.attn = TemporalAttention(dim, heads, fps, temporal_norm)
         self.ff = TokenShiftFeedForward(dim)
         self.shift_norm = nn.GroupNorm(_groups(dim), dim)
         self.shift_conv = _zero(nn.Conv2d(dim, dim, 3, padding=1))
@@ -188,7 +207,7 @@ class EnvironmentEncoder(nn.Module):
     frame (downsampling space only, all frames kept) and spatio-temporal blocks across frames."""
 
     def __init__(self, in_channels: int, base_width: int, context_dim: int, temb_dim: int, video: bool,
-                 fps: float = 8.0, temporal_heads: int = 8):
+                 fps: float = 8.0, temporal_heads: int = 8, temporal_norm: str = "time"):
         super().__init__()
         m = base_width
         self.video = video
@@ -199,8 +218,8 @@ class EnvironmentEncoder(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(4 * m), 4 * m)
         self.conv_out = nn.Conv2d(4 * m, context_dim, 3, padding=1)
         if video:
-            self.st1 = SpatioTemporalBlock(2 * m, temporal_heads, fps)
-            self.st2 = SpatioTemporalBlock(4 * m, temporal_heads, fps)
+            self.st1 = SpatioTemporalBlock(2 * m, temporal_heads, fps, temporal_norm)
+            self.st2 = SpatioTemporalBlock(4 * m, temporal_heads, fps, temporal_norm)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """``temb``: (B, D) the frozen base UNet's timestep embedding at the encoder's timestep.

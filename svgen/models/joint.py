@@ -98,7 +98,7 @@ class JointModel(nn.Module):
                                             self.audio_runner.time_embed_dim, video=False)
         self.encoder_v = EnvironmentEncoder(2 * cv, video.unet.config.block_out_channels[0], e.context_dim,
                                             self.video_runner.time_embed_dim, video=True, fps=fps,
-                                            temporal_heads=e.temporal_heads)
+                                            temporal_heads=e.temporal_heads, temporal_norm=e.temporal_norm)
         self.blocks_a = nn.ModuleDict()
         self.blocks_v = nn.ModuleDict()
         for modality, unet, blocks in (("a", audio.unet, self.blocks_a), ("v", video.unet, self.blocks_v)):
