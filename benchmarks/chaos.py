@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders")
     args = ap.parse_args()
     from svgen.models.tiny import build_tiny_bases
-    from tests.test_faults import write_shards
+    from svgen.testing.shards import write_shards
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="svgen_chaos_"))

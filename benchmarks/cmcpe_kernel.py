@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svgen.kernels.reference import norm_add_embedding_reference  # noqa: E402
 
-# name: (B, T, S, C, T_other) at the paper's sizes (METHOD.md; issue 5)
+# name: (B, T, S, C, T_other) at the paper's sizes (docs/method.md; issue 5)
 SHAPES = {
     "video 32f x 16x16 x 1280": (16, 32, 256, 1280, 13),
     "video 32f x 8x8 x 1280": (16, 32, 64, 1280, 13),

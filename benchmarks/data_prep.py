@@ -21,15 +21,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
-from data_prep.run import _init_ray, run  # noqa: E402
+from data_prep.run import init_ray, run  # noqa: E402
 from data_prep.decode import decode_clips  # noqa: E402
 from data_prep.probe import probe  # noqa: E402
 from data_prep.windows import plan_windows  # noqa: E402
-from media_fixtures import write_benchmark_corpus  # noqa: E402
+from svgen.testing.media import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 
 
@@ -79,7 +78,7 @@ def main() -> None:
         decode = n / (time.perf_counter() - t0)
         print(f"decode alone (1 process): {decode:.2f} clips/s ({n} clips)")
 
-        ray, _ = _init_ray(None, 2)
+        ray, _ = init_ray(None, 2)
         # Warm the worker processes (imports of torch, decord, PyAV), as on a long-running cluster.
         ray.get([ray.remote(num_cpus=1)(_warm).remote() for _ in range(2)])
         rates = {}

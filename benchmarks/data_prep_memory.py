@@ -24,12 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import psutil  # noqa: E402
 
-from data_prep.run import _init_ray, run  # noqa: E402
-from media_fixtures import write_benchmark_corpus  # noqa: E402
+from data_prep.run import init_ray, run  # noqa: E402
+from svgen.testing.media import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 
 
@@ -83,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
-        _init_ray(None, 2)
+        init_ray(None, 2)
         if args.lengths:
             lengths(tmp, [float(x) for x in args.lengths.split(",")], args.long_size, args.backends.split(","))
         if not args.skip_corpus:
@@ -93,7 +92,7 @@ def main() -> None:
 
 
 def lengths(tmp: Path, minutes: list[float], size: int, backends: list[str]) -> None:
-    from media_fixtures import write_flash_click
+    from svgen.testing.media import write_flash_click
 
     print(f"one input per length: {size}px 25fps h264 + 44.1 kHz aac, an event every 2.7 s; 1 Ray worker; "
           "output 4 s x 8 fps x 256 px")

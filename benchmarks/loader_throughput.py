@@ -19,12 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
 from data_prep.run import run  # noqa: E402
-from media_fixtures import write_benchmark_corpus  # noqa: E402
+from svgen.testing.media import write_benchmark_corpus  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 from svgen.data.loader import make_loader  # noqa: E402
 

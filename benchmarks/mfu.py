@@ -1,6 +1,6 @@
 """Model-FLOPs utilisation of the joint training step (issue 13).
 
-One step = what the trainer runs per micro batch (METHOD.md): the no-grad x0_hat pass, the
+One step = what the trainer runs per micro batch (docs/method.md): the no-grad x0_hat pass, the
 training pass, backward, and the AdamW update, on random latents at the configured shapes.
 Model FLOPs are counted once (torch.utils.flop_counter, an eager batch-1 step without
 activation checkpointing, times the batch: recomputation is not model work); time is the mean over

@@ -1,7 +1,7 @@
 """Adapter overhead of the joint model (issue 2).
 
 For the tiny config and a larger CPU-feasible config (on CUDA: the real base sizes), prints trainable vs frozen parameter
-counts and the time of one joint training step (METHOD.md: no-grad x0_hat pass + training pass,
+counts and the time of one joint training step (docs/method.md: no-grad x0_hat pass + training pass,
 backward, AdamW step) against the same step structure run through the two bases alone (both
 UNets forward twice, backward from their outputs, no added modules). Ratio = joint / bases.
 

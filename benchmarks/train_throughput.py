@@ -1,6 +1,6 @@
 """Training throughput (issue 4), in one run on the same model and data:
 
-- a bare PyTorch loop (METHOD.md loss, AdamW, grad clip; same loader and latents) in one process;
+- a bare PyTorch loop (docs/method.md loss, AdamW, grad clip; same loader and latents) in one process;
 - the framework loop (launch/train.py: DeepSpeed ZeRO-2, EMA, tracking off) with 1 process;
 - the framework with 2 processes (torchrun, gloo): global samples/s and the 1 -> 2 scaling.
 
@@ -24,13 +24,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
 from data_prep.run import run as run_prep  # noqa: E402
-from media_fixtures import write_flash_click  # noqa: E402
+from svgen.testing.media import write_flash_click  # noqa: E402
 from svgen.config import load_config  # noqa: E402
 from svgen.data.loader import DataPosition, endless, make_loader  # noqa: E402
 from svgen.system import build_system  # noqa: E402

@@ -1,5 +1,5 @@
 """The error record every data-prep stage returns instead of raising (video2dataset's contract,
-STYLE.md convention 8): a bad input or window becomes a record in errors.jsonl, never a dead shard."""
+docs/design.md, "Data-prep stages"): a bad input or window becomes a record in errors.jsonl, never a dead shard."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def shard_size(num_inputs: int, inputs_per_shard: int, min_shards: int) -> int:
     return max(1, min(inputs_per_shard, -(-num_inputs // min_shards)))
 
 
-def _init_ray(address: str | None, workers: int):
+def init_ray(address: str | None, workers: int):
     """Ray, connected; and whether this call started an embedded cluster (the caller shuts it
     down when done: a library caller such as the ablation must not keep idle workers, a GCS and
     a raylet for the rest of its process)."""
@@ -89,7 +89,7 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
     failed: dict[int, str] = {}
     clips = 0
     if todo:
-        ray, started = _init_ray(address, cfg.prep.workers)
+        ray, started = init_ray(address, cfg.prep.workers)
         try:
             task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
             limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))

@@ -6,7 +6,7 @@
         --set eval.vggish_path=checkpoints/eval/vggish.pt --set eval.panns_path=... --set eval.i3d_path=...
         [--run-id TRAINING_RUN | --weights runs/x/export/trained.safetensors]
 
-Metrics (METHOD.md): av_align needs no weights; fad_vggish, fd_panns, fvd and kvd compare the
+Metrics (docs/method.md): av_align needs no weights; fad_vggish, fd_panns, fvd and kvd compare the
 generated set with --reference (a folder of .mp4, or data_prep shards) through feature
 networks loaded from the local files eval.vggish_path, eval.panns_path and eval.i3d_path
 (nothing is downloaded; a missing file is an error naming its key). The config comes from

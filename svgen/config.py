@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """One base model's DDPM noise schedule (METHOD.md, "Base models")."""
+    """One base model's DDPM noise schedule (docs/method.md, "Base models")."""
 
     num_train_timesteps: int = 1000
     """Number of discrete diffusion steps T the base was trained with."""
@@ -99,7 +99,7 @@ class VideoBaseConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Environment encoders E_a, E_v (METHOD.md, "Added modules" 1). Their widths follow each
+    """Environment encoders E_a, E_v (docs/method.md, "Added modules" 1). Their widths follow each
     base UNet's first width m (m/2, 2m, 4m), as the reference's; only the output width is set here."""
 
     context_dim: int = 1280
@@ -119,7 +119,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class CMCPEConfig:
-    """The cross-modal blocks inserted into both UNets (METHOD.md, "Added modules" 3-4)."""
+    """The cross-modal blocks inserted into both UNets (docs/method.md, "Added modules" 3-4)."""
 
     mode: Literal["cmcpe", "xattn_pooled", "xattn_seq", "xattn_timed"] = "cmcpe"
     """'cmcpe' (the paper's method), 'xattn_pooled' (cross-attention to one pooled token, as the
@@ -130,7 +130,7 @@ class CMCPEConfig:
     projections (CMC-PE normalises its context; the reference's cross-attention does not, and at
     small scale its keys then stay too small for attention to learn anything, issue 20)."""
     down_blocks: list[int] = field(default_factory=lambda: [2, 3])
-    """Indices of down blocks after which a block is inserted (default: METHOD.md's)."""
+    """Indices of down blocks after which a block is inserted (default: docs/method.md's)."""
     up_blocks: list[int] = field(default_factory=lambda: [0, 1])
     """Indices of up blocks after which a block is inserted."""
     head_dim: int = 8
@@ -175,7 +175,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Clip geometry and audio features (METHOD.md, GreatestHits setting)."""
+    """Clip geometry and audio features (docs/method.md, "Data")."""
 
     seconds: float = 4.0
     """Clip length in seconds."""
@@ -268,7 +268,7 @@ class PrepConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and its learning-rate schedule (METHOD.md, reference hyper-parameters)."""
+    """AdamW and its learning-rate schedule (docs/method.md, "Training (one step)")."""
 
     lr: float = 1e-5
     """AdamW learning rate."""
@@ -293,7 +293,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The training objective (METHOD.md, "Training (one step)")."""
+    """The training objective (docs/method.md, "Training (one step)")."""
 
     caption_dropout: float = 0.1
     """Probability of replacing the caption with the empty prompt (for CFG)."""
@@ -360,8 +360,8 @@ class PerfConfig:
     compile: Literal["auto", "on", "off"] = "off"
     """torch.compile by region, in place (state_dict keys unchanged): each block of the two frozen
     UNets, plus the encoders and cross-modal blocks below ZeRO-3 (whose parameter hooks do not
-    trace). Regions compile once per shape, so the first steps are slow: at the paper's sizes
-    over 150 s on an H200 (16 CPU cores), whose pay-off is not measured yet, hence off."""
+    trace). Regions compile once per shape, so the first steps are slow (warm-up and pay-off at
+    the paper's sizes: benchmarks/RESULTS.md), hence off."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
     """Inductor mode of the compiled regions; 'reduce-overhead' replays them as CUDA graphs
     (static shapes only)."""
@@ -370,11 +370,11 @@ class PerfConfig:
     'eager' only trace (to check a graph-capture problem apart from code generation; on CPU
     inductor needs minutes per region shape, aot_eager seconds)."""
     channels_last: Literal["auto", "on", "off"] = "off"
-    """Channels-last memory format for the frozen UNets' convolutions (NHWC kernels). Measured
-    6 % slower than the default layout on an H200 at batch 8, hence off; CUDA only."""
+    """Channels-last memory format for the frozen UNets' convolutions (NHWC kernels). Slower than
+    the default layout where measured (benchmarks/RESULTS.md), hence off; CUDA only."""
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     """One fused AdamW kernel over all trained weights (torch's fused=True) instead of a loop
-    (on for CUDA: equal speed at the paper's sizes on an H200, fewer launches)."""
+    (on for CUDA: no slower where measured, fewer launches; benchmarks/RESULTS.md)."""
     attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     """Scaled-dot-product attention backend for every attention in the step ('auto': PyTorch
     picks per call; a named one is tried first, the others stay as fallbacks)."""
@@ -417,7 +417,7 @@ class ValConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training run (METHOD.md, "Training"): the loop's own settings, then one section per
+    """The training run (docs/method.md, "Training (one step)"): the loop's own settings, then one section per
     concern, each passed on its own to the code that uses it."""
 
     steps: int = 100000
@@ -491,7 +491,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Joint sampling with timestep adjustment (METHOD.md, "Sampling")."""
+    """Joint sampling with timestep adjustment (docs/method.md, "Sampling")."""
 
     steps: int = 50
     """DDIM steps."""
@@ -540,7 +540,7 @@ METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Metrics of generated sounding videos (METHOD.md, "Metrics"): launch/eval.py and the
+    """Metrics of generated sounding videos (docs/method.md, "Metrics"): launch/eval.py and the
     training loop's validation. Feature networks load from local files only."""
 
     metrics: list[str] = field(default_factory=lambda: ["av_align"])

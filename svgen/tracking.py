@@ -1,5 +1,5 @@
 """Experiment tracking behind one small protocol; MLflow is the backend, ranks other than 0 get
-the null tracker (STYLE.md, convention 7)."""
+the null tracker (docs/design.md, "Tracking")."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def system_factory(tiny_bases):
 
 
 def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, **loss_overrides) -> list[float]:
-    """A few single-process AdamW steps of the METHOD.md objective on one batch (component tests;
+    """A few single-process AdamW steps of the docs/method.md objective on one batch (component tests;
     the real loop is svgen.train.loop, tested in test_train.py)."""
     from svgen.config import LossConfig
 

@@ -23,7 +23,7 @@ from svgen.data.loader import make_loader
 from svgen.shards import decode_sample
 
 from .conftest import ROOT, TINY
-from .media_fixtures import onset_time, write_flash_click
+from svgen.testing.media import onset_time, write_flash_click
 
 MEDIA = ROOT.parent / "shared" / "media"
 EVENTS = [0.65, 1.4, 2.3]

@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from safetensors.torch import load_file
 
 from svgen.config import ConfigError, load_config
 from svgen.data.source import ShardError
-from svgen.data.synthetic import make_clip
 from svgen.distributed import free_port
-from svgen.shards import STATS_SUFFIX, encode_sample, shard_name
+from svgen.shards import shard_name
+from svgen.testing.shards import write_shards
 from svgen.train.checkpoint import CheckpointError, file_digest
 from svgen.train.guards import TrainingError
 from svgen.train.loop import train
@@ -39,24 +38,8 @@ BIN = Path(sys.executable).parent
 
 
 # ---------------------------------------------------------------------------------------------
-# Fixtures: shards written directly (no Ray), runs in this process
+# Fixtures: shards written directly (no Ray, svgen.testing.shards), runs in this process
 # ---------------------------------------------------------------------------------------------
-
-
-def write_shards(folder: Path, shards: int = 4, per_shard: int = 2, seed: int = 0) -> Path:
-    """data_prep's layout (tars + stats) from synthetic clips of the tiny config's geometry."""
-    data = load_config(TINY).data
-    folder.mkdir(parents=True, exist_ok=True)
-    for s in range(shards):
-        keys = []
-        with wds.TarWriter(str(folder / shard_name(s))) as sink:
-            for c in range(per_shard):
-                clip = make_clip(data, seed * 1000 + s * per_shard + c)
-                key = f"{s:06d}_{c:04d}"
-                sink.write(encode_sample(key, clip.frames, clip.wave, {"caption": clip.caption}, jpeg_quality=90))
-                keys.append(key)
-        (folder / (shard_name(s) + STATS_SUFFIX)).write_text(json.dumps({"num_clips": per_shard, "keys": keys}))
-    return folder
 
 
 @pytest.fixture(scope="module")

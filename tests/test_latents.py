@@ -13,7 +13,7 @@ from svgen.data.loader import make_loader
 from svgen.data.source import resolve_shards
 
 from .conftest import ROOT, TINY, tiny_overrides
-from .media_fixtures import write_flash_click
+from svgen.testing.media import write_flash_click
 
 
 pytestmark = pytest.mark.multiprocess  # Ray and subprocesses in every test

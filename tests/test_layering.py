@@ -1,4 +1,4 @@
-"""Guard: the import direction of STYLE.md (convention 10), lowest layer first:
+"""Guard: the import direction of docs/design.md, "Layers and the import direction", lowest layer first:
 
     config, shard schema, fileio < kernels, media < models, diffusion, data < system
     < generate, metrics < distributed, tracking < checkpoint, EMA, engine
@@ -22,7 +22,7 @@ LAYERS = [
     ["svgen.kernels", "svgen.media"],
     ["svgen.models", "svgen.diffusion", "svgen.data"],
     ["svgen.system"],
-    ["svgen.generate", "svgen.metrics"],
+    ["svgen.generate", "svgen.metrics", "svgen.testing"],
     ["svgen.distributed", "svgen.tracking"],
     ["svgen.train.checkpoint", "svgen.train.ema", "svgen.train.engine", "svgen.train.perf", "svgen.train.guards",
      "svgen.train.resume"],

@@ -9,7 +9,7 @@ from svgen.data.loader import ClipStream, ShardError, check_split, make_loader
 from svgen.data.source import resolve_shards
 
 from .conftest import TINY
-from .media_fixtures import write_flash_click
+from svgen.testing.media import write_flash_click
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def test_log_mel_matches_method_settings(tiny_cfg):
 
 
 def test_posterior_samples_spread_around_the_mean(system_factory, tiny_cfg):
-    """Training latents are drawn from the VAE posterior (METHOD.md step 5), not its mode."""
+    """Training latents are drawn from the VAE posterior (docs/method.md, "Training (one step)" step 5), not its mode."""
     from svgen.models.codec import audio_posterior, video_posterior
 
     system = system_factory()

@@ -84,7 +84,7 @@ def test_real_clips_match_librosa_and_opencv_called_directly(name):
 
     frames, wave, fps, rate = _decode_all(ROOT.parent / "shared" / "media" / "video" / name)
     ours = av_align(frames, wave, fps, rate)
-    # The reference's estimator, spelled out with METHOD.md's parameters.
+    # The reference's estimator, spelled out with docs/method.md's parameters.
     y = librosa.resample(wave, orig_sr=rate, target_sr=22050)
     onsets = librosa.frames_to_time(librosa.onset.onset_detect(
         onset_envelope=librosa.onset.onset_strength(y=y, sr=22050), sr=22050), sr=22050)

@@ -1,4 +1,4 @@
-"""The training step of METHOD.md: shared t, independent encoder timesteps, caption dropout,
+"""The training step of docs/method.md: shared t, independent encoder timesteps, caption dropout,
 no-grad x0_hat pass with per-sample zeroing, per-modality weights, epsilon/v targets."""
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Reference parity (issue 11): sizes, encoder and CMC-PE internals, audio padding, EMA warm-up.
 
-The reference numbers are the authors' code's (METHOD.md): video encoder 100,299,695 and audio
+The reference numbers are the authors' code's (docs/method.md): video encoder 100,299,695 and audio
 encoder 21,037,472 parameters; CMC-PE blocks 55,746,560 at C=1280, 38,330,880 at 960, 23,379,456
 at 576; AnimateDiff v1-5-2 motion modules 453,209,280.
 """
@@ -187,9 +187,10 @@ def test_audio_padding_never_reaches_the_loss(system_factory):
     assert seen["in"].shape[2] == 32 and torch.count_nonzero(seen["in"][:, :, 25:]) == 0
     grad = seen["out"].grad
     assert torch.count_nonzero(grad[:, :, 25:]) == 0 and torch.count_nonzero(grad[:, :, :25]) > 0
-    out_a, _ = system.model(JointInputs(batch.x_a, batch.x_v, torch.tensor([5, 5]), torch.tensor([5, 5]),
-                                        batch.text_a, batch.text_v, torch.zeros(2, 16, 25, 16),
-                                        torch.zeros(2, 8, 8, 8, 8), torch.tensor([5, 5]), torch.tensor([5, 5])))
+    five = torch.tensor([5, 5])
+    out_a, _ = system.model(JointInputs(z_a=batch.x_a, z_v=batch.x_v, t_a=five, t_v=five, text_a=batch.text_a,
+                                        text_v=batch.text_v, enc_a=torch.zeros(2, 16, 25, 16),
+                                        enc_v=torch.zeros(2, 8, 8, 8, 8), s_a=five, s_v=five))
     assert out_a.shape == batch.x_a.shape
 
 

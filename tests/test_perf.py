@@ -102,7 +102,9 @@ def test_channels_last_keeps_the_joint_forward(system_factory):
         ta, tv = system.encode_text(["x"])
         t = torch.tensor([500])
         with torch.no_grad():
-            outs.append(system.model(JointInputs(za, zv, t, t, ta, tv, torch.cat([za, za], 1), torch.cat([zv, zv], 1), t, t)))
+            outs.append(system.model(JointInputs(z_a=za, z_v=zv, t_a=t, t_v=t, text_a=ta, text_v=tv,
+                                                  enc_a=torch.cat([za, za], 1), enc_v=torch.cat([zv, zv], 1),
+                                                  s_a=t, s_v=t)))
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 

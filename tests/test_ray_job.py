@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, TINY
-from .media_fixtures import write_flash_click
+from svgen.testing.media import write_flash_click
 
 BIN = Path(sys.executable).parent
 DASHBOARD = 8275  # outside Ray's default worker port range (10002-19999)

@@ -19,7 +19,7 @@ from svgen.config import load_config
 from svgen.media.mp4 import probe
 
 from .conftest import ROOT, TINY, tiny_overrides
-from .media_fixtures import write_flash_click
+from svgen.testing.media import write_flash_click
 
 BIN = Path(sys.executable).parent
 

@@ -1,1 +1,4 @@
-"""Training data on the svgen side: synthetic sounding clips (shard readers arrive with data prep)."""
+"""Training data on the svgen side: the shard source (``source.py``: train.source.shards resolved
+once), the shard reader (``loader.py``: node/worker split, shuffling, data position, damaged
+samples named and skipped), cached-latent batches (``latents.py``) and synthetic sounding clips
+with known sync (``synthetic.py``)."""

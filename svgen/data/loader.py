@@ -200,7 +200,7 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def make_loader(source: ShardSource | str | Path, batch_size: int, rank: int = 0, world_size: int = 1,
+def make_loader(source: ShardSource | str | Path, batch_size: int, *, rank: int = 0, world_size: int = 1,
                 num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 64, latents: bool = False,
                 pin_memory: bool = False, tolerant: bool = False) -> torch.utils.data.DataLoader:
     """Batches of this rank's share of ``source`` (a resolved source, or a path resolved with

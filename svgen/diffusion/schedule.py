@@ -1,4 +1,4 @@
-"""Per-base DDPM noise schedules (METHOD.md, "Base models": each base keeps its own)."""
+"""Per-base DDPM noise schedules (docs/method.md, "Base models": each base keeps its own)."""
 
 from __future__ import annotations
 
@@ -55,13 +55,6 @@ class Schedule:
         if self.prediction_type == "epsilon":
             return (x_t - s1a * out) / sa
         return sa * x_t - s1a * out
-
-    def predict_eps(self, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise estimate from the UNet output at t (fp32)."""
-        if self.prediction_type == "epsilon":
-            return out.float()
-        sa, s1a = self._coeffs(t, x_t)
-        return sa * out.float() + s1a * x_t.float()
 
 
 def final_alpha(sched: Schedule) -> float:

@@ -1,4 +1,4 @@
-"""Timestep adjustment (METHOD.md, "Timestep adjustment").
+"""Timestep adjustment (docs/method.md, "Timestep adjustment").
 
 Sampling walks a DDIM grid tau_k per modality, each in its base scheduler's own spacing (audio:
 AudioLDM's 'leading' + 1, 981 ... 1; video: 'linspace', 999 ... 0, as the reference forces),

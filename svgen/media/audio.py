@@ -1,4 +1,4 @@
-"""Log-mel features in AudioLDM's convention (METHOD.md, "Data"). Data prep (the ``mel.npy`` of a
+"""Log-mel features in AudioLDM's convention (docs/method.md, "Data"). Data prep (the ``mel.npy`` of a
 shard), training, evaluation and sampling all import this one function, so they compute the same
 feature."""
 
@@ -20,7 +20,7 @@ LOG_FLOOR = math.log(1e-5)
 
 def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
             fmax: float) -> torch.Tensor:
-    """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (METHOD.md):
+    """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (docs/method.md):
     magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
     log(clamp(x, 1e-5)). What ``mel.npy`` in a shard holds."""
     mel = _mel_transform(sample_rate, n_mels, hop_length, win_length, fmax).to(wave.device)(wave.float())

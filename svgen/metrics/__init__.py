@@ -1,1 +1,1 @@
-"""Evaluation metrics of the paper (METHOD.md, "Metrics the paper reports")."""
+"""Evaluation metrics of the paper (docs/method.md, "Metrics")."""

@@ -1,4 +1,4 @@
-"""AV-Align, as the reference computes it (METHOD.md, "Metrics"): numbers are comparable with the
+"""AV-Align, as the reference computes it (docs/method.md, "Metrics"): numbers are comparable with the
 paper's only with this estimator, so it calls the same libraries with the same parameters.
 
 - Audio: resampled to 22,050 Hz (librosa's default rate and resampler), onset strength and

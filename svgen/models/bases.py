@@ -35,6 +35,11 @@ _WEIGHTS = {
 _TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
+def unet_downsample(unet) -> int:
+    """A diffusers UNet's total downsampling factor (2 per upsampler)."""
+    return 2 ** unet.num_upsamplers
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise BaseModelError(f"{what}: expected a directory at '{path}', found "
@@ -96,7 +101,8 @@ class AudioBase:
 
     @property
     def unet_downsample(self) -> int:
-        return 2 ** self.unet.num_upsamplers
+        """The UNet's total downsampling: latent lengths must be a multiple of it."""
+        return unet_downsample(self.unet)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Cross-modal blocks inserted into the UNets (METHOD.md, "Added modules" 3 and 4).
+"""Cross-modal blocks inserted into the UNets (docs/method.md, "Added modules" 3 and 4).
 
 Both block kinds take a hidden state h in the common layout (B, C, T, S) and the *other*
 modality's pooled, normalised features p (B, C_ctx, T_other), and return h + proj_out(u) with

@@ -1,7 +1,7 @@
 """Encode clips to latents and decode latents to frames and waveforms with the frozen bases.
 
 Encoding gives the VAE posterior (mean and standard deviation, both scaled by the VAE's scaling
-factor): training samples from it (METHOD.md step 5, as the reference does), conditional
+factor): training samples from it (docs/method.md, "Training (one step)" step 5, as the reference does), conditional
 generation uses its mean. Audio latents keep the clip's own length (400 mel frames -> 100); the
 joint model pads them to the UNet's downsampling itself.
 """

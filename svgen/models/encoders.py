@@ -1,4 +1,4 @@
-"""Environment encoders E_a, E_v and the pool-and-normalise step (METHOD.md, "Added modules" 1-2).
+"""Environment encoders E_a, E_v and the pool-and-normalise step (docs/method.md, "Added modules" 1-2).
 
 Input: the noisy latent concatenated on channels with its latest clean estimate,
 [z_m ; x0_hat_m]. Widths follow the base UNet's first width m, as in the reference:
@@ -240,5 +240,5 @@ class EnvironmentEncoder(nn.Module):
 
 
 def normalize_over_time(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Divide each channel of (B, C, T) by its L2 norm over time (METHOD.md step 2)."""
+    """Divide each channel of (B, C, T) by its L2 norm over time (docs/method.md, "Added modules" 2)."""
     return p / p.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -1,7 +1,7 @@
 """The joint audio-video denoiser: two frozen base UNets run in lockstep, joined by trainable
-environment encoders and cross-modal blocks (METHOD.md, "Added modules").
+environment encoders and cross-modal blocks (docs/method.md, "Added modules").
 
-Pure torch: no DeepSpeed, Ray or MLflow here (STYLE.md, convention 4).
+Pure torch: no DeepSpeed, Ray or MLflow here (docs/design.md, "Networks free of distributed code").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from svgen.models.encoders import EnvironmentEncoder
 from svgen.models.unet_runner import AudioUNetRunner, VideoUNetRunner
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JointInputs:
     """One joint denoising call. Shapes: audio latents (B, Ca, T, F), video latents (B, Cv, F, H, W)."""
 
@@ -93,7 +93,7 @@ class JointModel(nn.Module):
         e = cfg.encoder
         ca, cv = audio.latent_channels, video.latent_channels
         # Audio latents are padded in time to the UNet's total downsampling (100 -> 104 frames).
-        self.audio_multiple = 2 ** audio.unet.num_upsamplers
+        self.audio_multiple = audio.unet_downsample
         self.encoder_a = EnvironmentEncoder(2 * ca, audio.unet.config.block_out_channels[0], e.context_dim,
                                             self.audio_runner.time_embed_dim, video=False)
         self.encoder_v = EnvironmentEncoder(2 * cv, video.unet.config.block_out_channels[0], e.context_dim,
@@ -173,7 +173,7 @@ class JointModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------
     def pad_audio(self, z: torch.Tensor) -> torch.Tensor:
-        """Zeros appended in time up to the audio UNet's total downsampling (METHOD.md step 5)."""
+        """Zeros appended in time up to the audio UNet's total downsampling (docs/method.md, "Training (one step)" step 5)."""
         extra = (-z.shape[2]) % self.audio_multiple
         return F.pad(z, (0, 0, 0, extra)) if extra else z
 

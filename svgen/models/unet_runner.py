@@ -3,7 +3,7 @@
 Each runner reproduces its class's ``forward`` (diffusers 0.42: ``UNet2DConditionModel`` for
 AudioLDM, ``UNetMotionModel`` for AnimateDiff) split into ``begin / down(i) / mid / up(i) / end``.
 Between calls the caller may replace ``state.h``; after a down block, the replacement also
-becomes that block's last skip tensor (METHOD.md, "Added modules" 3). With no edits the output
+becomes that block's last skip tensor (docs/method.md, "Added modules" 3). With no edits the output
 equals the plain diffusers forward (tests/test_unet_runner.py).
 
 Each runner also converts its hidden state to and from the common layout (B, C, T, S): time
@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from svgen.models.bases import unet_downsample
 
 
 @dataclass
@@ -83,7 +85,7 @@ class UNetRunner:
 
     def time_embed(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         """The UNet's own (frozen) timestep embedding alone: time projection + time-embedding MLP,
-        no class or text term. The environment encoders are conditioned on it (METHOD.md)."""
+        no class or text term. The environment encoders are conditioned on it (docs/method.md)."""
         u = self.unet
         t_emb = u.time_proj(self._timesteps(timestep, batch, device)).to(dtype=u.dtype)
         emb = u.time_embedding(t_emb, None)
@@ -95,7 +97,7 @@ class UNetRunner:
         return len(self.unet.up_blocks)
 
     def _upsample_check(self, sample: torch.Tensor) -> bool:
-        factor = 2 ** self.unet.num_upsamplers
+        factor = unet_downsample(self.unet)
         return any(s % factor != 0 for s in sample.shape[-2:])
 
     def _block_kwargs(self, st: RunState) -> dict:

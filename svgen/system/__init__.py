@@ -2,7 +2,7 @@
 schedule, as one object that training, validation, sampling and the benchmarks call.
 
 It sits above ``svgen.models`` (networks), ``svgen.diffusion`` (noise schedules, timestep
-adjustment) and ``svgen.data`` (batches), which know nothing of each other; the METHOD.md
+adjustment) and ``svgen.data`` (batches), which know nothing of each other; the docs/method.md
 objective (``objective.py``) and the joint sampler (``sampler.py``) live here because they are
 where a network meets a noise process.
 """
@@ -71,7 +71,7 @@ class JointSystem:
 
     @torch.no_grad()
     def encode(self, batch: dict, data: DataConfig, generator: torch.Generator | None = None) -> LatentBatch:
-        """A raw clip batch -> training latents, drawn from the VAE posteriors (METHOD.md step 5)."""
+        """A raw clip batch -> training latents, drawn from the VAE posteriors (docs/method.md, "Training (one step)" step 5)."""
         post_a, post_v, text_a, text_v = self.encode_posteriors(batch, data)
         return LatentBatch(post_a.sample(generator), post_v.sample(generator), text_a, text_v)
 
@@ -91,7 +91,7 @@ class JointSystem:
     def loss(self, batch: LatentBatch, cfg: LossConfig, *, generator: torch.Generator | None = None,
              model: torch.nn.Module | None = None, skip_unused_pass: bool = True
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The METHOD.md training loss of one batch and its per-modality parts (detached tensors:
+        """The docs/method.md training loss of one batch and its per-modality parts (detached tensors:
         converting them to numbers is the caller's choice, so a step needs no host sync).
         ``model``: what runs the forward, e.g. the DeepSpeed engine wrapping ``self.model``."""
         return joint_loss(self, batch, cfg, generator=generator, model=model, skip_unused_pass=skip_unused_pass)

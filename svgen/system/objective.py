@@ -1,4 +1,4 @@
-"""The training objective of one joint step (METHOD.md, "Training (one step)")."""
+"""The training objective of one joint step (docs/method.md, "Training (one step)")."""
 
 from __future__ import annotations
 
@@ -54,13 +54,15 @@ def joint_loss(system: "JointSystem", batch: LatentBatch, cfg: LossConfig, *,
     x0_a, x0_v = torch.zeros_like(zc_a), torch.zeros_like(zc_v)
     if not skip_unused_pass or keep_a.any() or keep_v.any():  # wasted when every estimate is zeroed
         with torch.no_grad():
-            out_a, out_v = model(JointInputs(z_a, z_v, t, t, text_a, text_v,
-                                             torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))
+            out_a, out_v = model(JointInputs(z_a=z_a, z_v=z_v, t_a=t, t_v=t, text_a=text_a, text_v=text_v,
+                                             enc_a=torch.cat([zc_a, x0_a], 1), enc_v=torch.cat([zc_v, x0_v], 1),
+                                             s_a=s_a, s_v=s_v))
             x0_a = _where(keep_a, sched_a.predict_x0(z_a, out_a, t).to(zc_a.dtype), x0_a)
             x0_v = _where(keep_v, sched_v.predict_x0(z_v, out_v, t).to(zc_v.dtype), x0_v)
 
-    out_a, out_v = model(JointInputs(z_a, z_v, t, t, text_a, text_v,
-                                     torch.cat([zc_a, x0_a], 1), torch.cat([zc_v, x0_v], 1), s_a, s_v))
+    out_a, out_v = model(JointInputs(z_a=z_a, z_v=z_v, t_a=t, t_v=t, text_a=text_a, text_v=text_v,
+                                     enc_a=torch.cat([zc_a, x0_a], 1), enc_v=torch.cat([zc_v, x0_v], 1),
+                                     s_a=s_a, s_v=s_v))
     loss_a = F.mse_loss(out_a.float(), sched_a.target(x_a, eps_a, t).float())
     loss_v = F.mse_loss(out_v.float(), sched_v.target(x_v, eps_v, t).float())
     loss = cfg.audio_weight * loss_a + cfg.video_weight * loss_v

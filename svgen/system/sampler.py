@@ -1,5 +1,5 @@
 """Joint DDIM sampling with timestep adjustment and per-modality classifier-free guidance
-(METHOD.md, "Sampling")."""
+(docs/method.md, "Sampling")."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Ten
         za, zv = z_a, z_v
         if guided:
             za, zv, enc_a, enc_v = (torch.cat([x, x]) for x in (za, zv, enc_a, enc_v))
-        out_a, out_v = model(JointInputs(za, zv, ta, tv, text_a, text_v, enc_a, enc_v, ta, tv))
+        out_a, out_v = model(JointInputs(z_a=za, z_v=zv, t_a=ta, t_v=tv, text_a=text_a, text_v=text_v, enc_a=enc_a,
+                                          enc_v=enc_v, s_a=ta, s_v=tv))
         out_a, out_v = out_a.float(), out_v.float()
         if guided:
             (ca, ua), (cv, uv) = out_a.chunk(2), out_v.chunk(2)

@@ -1,1 +1,3 @@
-"""Distributed training: DeepSpeed engine setup, EMA, checkpoints, the loop (launch/train.py)."""
+"""Distributed training: DeepSpeed engine set-up (``engine.py``), speed levers (``perf.py``), EMA,
+checkpoints (all resumable state), fault guards, resume rules, validation, provenance, and the
+training loop (``loop.py``, started by launch/train.py)."""

@@ -1,4 +1,4 @@
-"""EMA of the trained weights (METHOD.md: decay 0.9999 with warm-up, over the added modules only),
+"""EMA of the trained weights (docs/method.md: decay 0.9999 with warm-up, over the added modules only),
 fp32, on the weights' device.
 
 The decay of update n (1-based) follows diffusers' EMAModel, which the reference uses:

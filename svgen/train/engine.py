@@ -1,4 +1,4 @@
-"""The one place that wraps the joint model for distributed training (STYLE.md, convention 4):
+"""The one place that wraps the joint model for distributed training (docs/design.md, "Networks free of distributed code"):
 DeepSpeed config generated from the typed config, ZeRO over the trained modules only, AdamW,
 LR schedule, activation checkpointing of the frozen UNets.
 
@@ -93,8 +93,8 @@ def enable_activation_checkpointing(model: JointModel, trained: bool = True) -> 
     Small regions, so that backward never holds much recomputed at once: the UNets' resnets and
     transformers (diffusers' mechanism), each motion module (which diffusers leaves out), and
     with ``trained`` the environment encoders and the cross-modal blocks. At the paper's sizes
-    this peaks lower than whole UNet blocks as regions: 57.7 vs 71.5 GiB above the weights at
-    batch 16 (benchmarks/activation_memory.py; 249.9 GiB without recomputation).
+    this peaks lower than whole UNet blocks as regions (benchmarks/activation_memory.py sizes
+    both; figures in benchmarks/RESULTS.md).
 
     ``trained=False`` under ZeRO-3, whose parameter-gathering hooks on trained modules must run
     once: trained motion modules and the added modules are then left as they are."""

@@ -269,10 +269,11 @@ def run_steps(run: Run, stop_after: int | None) -> dict:
     cfg, info, state, tracker, engine, system = run.cfg, run.info, run.state, run.tracker, run.engine, run.system
     t = cfg.train
     validate = Validator(cfg, run.out_dir, info, tracker)  # loads feature networks now: fails before training
-    loader = make_loader(run.source, t.batch_size, info.rank, info.world_size, t.source.loader_workers, t.seed,
-                         pin_memory=info.device.type == "cuda", tolerant=True)
+    loader = make_loader(run.source, t.batch_size, rank=info.rank, world_size=info.world_size,
+                         num_workers=t.source.loader_workers, seed=t.seed, pin_memory=info.device.type == "cuda",
+                         tolerant=True)
     if not run.resumed:
-        record_start(tracker, cfg, run.source, info, run.out_dir)
+        record_start(tracker, cfg, source=run.source, info=info, out_dir=run.out_dir)
     else:
         tracker.set_tags({"resumed_from_step": str(state.step)})
         if run.changes:

@@ -31,7 +31,7 @@ def frozen_digest(model) -> str:
     return h.hexdigest()
 
 
-def record_start(tracker, cfg: Config, source: ShardSource, info: DistInfo, out_dir: Path) -> None:
+def record_start(tracker, cfg: Config, *, source: ShardSource, info: DistInfo, out_dir: Path) -> None:
     """Params, provenance tags and the shard list / config artifacts of a new run."""
     tracker.log_params(flatten(to_dict(cfg)))
     manifest = source.manifest_digest()
