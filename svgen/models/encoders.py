@@ -72,7 +72,8 @@ class GainNorm(nn.Module):
         var, mean = torch.var_mean(x, dim=self.dim, unbiased=False, keepdim=True)
         shape = [1] * x.ndim
         shape[self.dim] = -1
-        return (x - mean) * var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g.reshape(shape)
+        # The small factors first: one pass over x for the scaling, not two (issue 23).
+        return (x - mean) * (var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g.reshape(shape))
 
 
 class TimeNorm(nn.Module):
@@ -88,7 +89,7 @@ class TimeNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        return (x - mean) * var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g
+        return (x - mean) * (var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g)
 
 
 class RelativePositionBias(nn.Module):
@@ -161,11 +162,15 @@ class TokenShiftFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, W, C) -> same shape."""
-        h, gate = self.proj_in(x).float().chunk(2, dim=-1)
-        h = h * F.gelu(gate)
-        keep, shift = h.chunk(2, dim=-1)
-        shift = F.pad(shift, (0, 0, 0, 0, 0, 0, 1, -1))  # along T: frame k gets frame k-1 (zeros first)
-        h = torch.cat([keep, shift], dim=-1).to(x.dtype)
+        h, gate = self.proj_in(x).chunk(2, dim=-1)
+        h = h * F.gelu(gate)  # in the compute dtype (GELU accumulates in fp32 inside its kernel)
+        # The second half of the channels moves one frame forward in time (frame k gets frame
+        # k-1, zeros first), in place on the product: one copy of that half, where padding and
+        # concatenating made two passes over the whole tensor (issue 23).
+        half = h.shape[-1] - h.shape[-1] // 2
+        shift = h[..., half:]
+        shift[:, 1:] = shift[:, :-1].clone()
+        shift[:, 0] = 0
         return self.proj_out(self.norm(h))
 
 
