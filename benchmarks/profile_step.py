@@ -214,26 +214,36 @@ def gpu_profile(cfg, batch: int, top: int) -> None:
     for _ in range(2):
         step()
     sync(dev)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True, record_shapes=False) as prof:
         step()
         sync(dev)
     by_cat: collections.Counter = collections.Counter()
     kernels: dict[str, list] = {}
-    for evt in prof.events():
+    events = prof.events()
+    for evt in events:
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
         us = evt.device_time_total if hasattr(evt, "device_time_total") else evt.cuda_time_total
         by_cat[kernel_category(evt.name)] += us
-        k = kernels.setdefault(evt.name, [0.0, 0, None, None])
+        k = kernels.setdefault(evt.name, [0.0, 0, collections.Counter(), collections.Counter()])
         k[0] += us
         k[1] += 1
-        parent = evt.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
-            parent = parent.cpu_parent
-        if parent is not None and k[2] is None:
-            k[2] = parent.name
-            site = next((f for f in (parent.stack or []) if "svgen" in f or "diffusers" in f), None)
-            k[3] = site
+    # Which operator launched each kernel, and from where in Python: the profiler hangs a
+    # kernel on the CPU event that launched it (the runtime call, under its aten op).
+    for evt in events:
+        launched = getattr(evt, "kernels", None) or []
+        if evt.device_type == torch.autograd.DeviceType.CUDA or not launched:
+            continue
+        op = evt
+        while op is not None and not op.name.startswith("aten::"):
+            op = op.cpu_parent
+        owner = op or evt
+        frames = owner.stack or []
+        site = next((f for f in frames if "svgen" in f or "diffusers" in f), frames[0] if frames else None)
+        for kern in launched:
+            if kern.name in kernels:
+                kernels[kern.name][2][owner.name] += 1
+                kernels[kern.name][3][site or "-"] += 1
     total = sum(by_cat.values())
     print(f"\nCUDA: one eager training step at batch {batch}: {total / 1e3:.1f} ms of kernels, "
           f"{sum(k[1] for k in kernels.values())} launches")
@@ -241,8 +251,10 @@ def gpu_profile(cfg, batch: int, top: int) -> None:
     for cat, us in by_cat.most_common():
         print(f"| {cat} | {us / 1e3:.1f} | {us / total:.1%} |")
     print(f"\n| top kernels | ms | launches | category | aten op | Python site |\n|---|---|---|---|---|---|")
-    for name, (us, n, op, site) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
-        print(f"| {name[:70]} | {us / 1e3:.1f} | {n} | {kernel_category(name)} | {op or '-'} | {site or '-'} |")
+    for name, (us, n, ops, sites) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+        op = ops.most_common(1)[0][0] if ops else "-"
+        site = sites.most_common(1)[0][0] if sites else "-"
+        print(f"| {name[:70]} | {us / 1e3:.1f} | {n} | {kernel_category(name)} | {op} | {site} |")
 
 
 def main() -> None:
