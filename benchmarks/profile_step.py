@@ -255,6 +255,9 @@ def gpu_profile(cfg, batch: int, top: int) -> None:
         op = ops.most_common(1)[0][0] if ops else "-"
         site = sites.most_common(1)[0][0] if sites else "-"
         print(f"| {name[:70]} | {us / 1e3:.1f} | {n} | {kernel_category(name)} | {op} | {site} |")
+    print("\nOperators by their own device time, with the Python stack that called them:")
+    print(prof.key_averages(group_by_stack_n=4).table(sort_by="self_device_time_total", row_limit=top,
+                                                      max_name_column_width=40, max_src_column_width=90))
 
 
 def main() -> None:
