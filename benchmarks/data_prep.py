@@ -2,9 +2,11 @@
 
 - decode alone: probe + window planning + frame/audio decode, one process (the limit);
 - the full pipeline (Ray tasks, resize, mel, shard writing, stats) with 1 and with 2 workers;
-- their ratio (full at 1 worker / decode alone; target >= 0.8) and the 1 -> 2 worker speed-up.
-
-Ray is started before timing, so its start-up is not counted.
+- their ratio (full at 1 worker / decode alone; target >= 0.8) and the 1 -> 2 worker speed-up
+  (Ray started before timing: the steady-state rate of a running cluster);
+- end to end: the default command as a user runs it, in its own process, wall time and CPU of
+  its whole process tree from start to exit (Ray's start-up and daemons included), and a peer's
+  command (--peer) measured the same way, so the two compare on equal terms (issue 21, item 9).
 
     python benchmarks/data_prep.py [--videos 8] [--seconds 12] [--config configs/greatesthits.yaml]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +53,39 @@ def _warm() -> None:
     import data_prep.shard  # noqa: F401
 
 
+def end_to_end(src: Path, tmp: Path, args) -> None:
+    """The default command from start to exit, in a process of its own (Ray's start-up, GCS,
+    raylet, agents, workers and shut-down all counted), and the peer's command the same way when
+    --peer is given: clips/s and CPU seconds per clip of the whole process tree."""
+    import json
+    import os
+    import sys
+
+    from proctree import run_measured
+
+    from data_prep.reaper import cluster_temp_dir
+
+    out = tmp / "e2e"
+    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", args.config,
+           "--no-progress", *sum((["--set", s] for s in args.set), [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The driver's pid names its cluster's folder: mark every process that names the prefix.
+    r = run_measured(cmd, marker=os.path.dirname(cluster_temp_dir(0)) + "/svgen-ray-", env=env, cwd=ROOT,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clips = json.loads((out / "summary.json").read_text())["clips_written"] if r["returncode"] == 0 else 0
+    print(f"end to end, `python -m data_prep` as a user runs it: {clips} clips in {r['seconds']:.1f} s = "
+          f"{clips / r['seconds']:.2f} clips/s, {r['cpu_seconds'] / max(clips, 1):.3f} CPU s per clip over "
+          f"{r['processes']} processes (start-up and shut-down included)")
+    if args.peer:
+        peer_out = tmp / "peer"
+        peer_cmd = args.peer.format(input=src, output=peer_out)
+        p = run_measured(["bash", "-c", peer_cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        n = args.peer_clips or clips
+        print(f"peer ({peer_cmd[:80]}...): {p['seconds']:.1f} s, {p['cpu_seconds']:.1f} CPU s over {p['processes']} "
+              f"processes; at {n} clips: {n / p['seconds']:.2f} clips/s, {p['cpu_seconds'] / max(n, 1):.3f} CPU s per "
+              f"clip; svgen / peer clips/s: {(clips / r['seconds']) / (n / p['seconds']):.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=16)
@@ -58,6 +94,9 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "greatesthits.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--input", default=None, help="a folder of real videos instead of the synthetic corpus")
+    ap.add_argument("--peer", default=None, help="a peer's command, with {input} and {output}, measured the same "
+                                                 "way end to end (e.g. a video2dataset call)")
+    ap.add_argument("--peer-clips", type=int, default=0, help="clips the peer writes (default: as many as svgen)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -93,6 +132,8 @@ def main() -> None:
                   f"{cpu:.3f} CPU s per clip (driver + Ray workers; video2dataset 1.3.0: 3.4-4.2 s, issue 14)")
         print(f"ratio full(1 worker) / decode alone: {rates[1] / decode:.2f}  (target >= 0.8)")
         print(f"speed-up 1 -> 2 workers: {rates[2] / rates[1]:.2f}x")
+        ray.shutdown()
+        end_to_end(src, tmp, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

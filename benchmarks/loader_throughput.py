@@ -6,6 +6,10 @@ training loader (decode included) with 0 and 2 worker processes. The H100 step c
 samples/s at batch 8 (issue 13's table); the loader should deliver at least 10x that.
 
     python benchmarks/loader_throughput.py [--videos 16] [--seconds 12]
+    python benchmarks/loader_throughput.py --input ../shared/media/video     # real footage, JPEG only
+
+Synthetic frames are flat and compress far better than footage (their JPEGs are several times
+smaller), so the real-footage mode is the figure to trust: it reports the loader per worker count.
 """
 
 from __future__ import annotations
@@ -35,10 +39,15 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--input", default=None, help="a folder of real videos (JPEG shards only, workers 0, 1, 2)")
+    ap.add_argument("--stride", type=float, default=1.0, help="window stride for --input (seconds; short clips)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     try:
+        if args.input:
+            real_footage(Path(args.input), tmp, args)
+            return
         src = write_benchmark_corpus(tmp / "in", args.videos, args.seconds, 320)
         print(f"{args.videos} inputs of {args.seconds:.0f}s -> clips of 4 s x 8 fps x 256 px; batch {args.batch_size}")
         for quality in (90, 0):
@@ -62,6 +71,27 @@ def main() -> None:
 
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def real_footage(src: Path, tmp: Path, args) -> None:
+    """Real clips sharded with the default JPEG frames (overlapping windows, so short clips give
+    enough samples), then read through the loader with 0, 1 and 2 workers, two epochs each."""
+    out = tmp / "real"
+    cfg = load_config(ROOT / "configs" / "greatesthits.yaml", [f"prep.stride={args.stride}", "prep.min_shards=4"])
+    s = run(str(src), str(out), cfg, progress=False)
+    size = sum(p.stat().st_size for p in out.glob("shard-*.tar"))
+    print(f"real footage {src}: {s['clips_written']} clips (4 s x 8 fps x 256 px), "
+          f"{size / max(s['clips_written'], 1) / 2**20:.2f} MiB per clip as JPEG; batch {args.batch_size}")
+    batch = min(args.batch_size, max(1, s["clips_written"] // 4))
+    for workers in (0, 1, 2):
+        loader = make_loader(out, batch, num_workers=workers, seed=0)
+        t0, n = time.perf_counter(), 0
+        for _ in range(2):
+            for b in loader:
+                n += b["frames"].shape[0]
+        rate = n / (time.perf_counter() - t0)
+        print(f"  loader, {workers} workers: {rate:7.1f} clips/s = {rate / H100_SAMPLES_PER_S:5.1f}x the H100 step's "
+              f"{H100_SAMPLES_PER_S} samples/s", flush=True)
 
 
 if __name__ == "__main__":
