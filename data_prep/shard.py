@@ -87,8 +87,9 @@ def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], c
                 key = clip_key(item.index, clip.meta["window"])
                 mel = None
                 if prep.mel:
-                    mel = log_mel(torch.from_numpy(clip.wave), data.sample_rate, data.n_mels, data.hop_length,
-                                  data.win_length, data.fmax).numpy()
+                    mel = log_mel(torch.from_numpy(clip.wave), sample_rate=data.sample_rate, n_mels=data.n_mels,
+                                  hop_length=data.hop_length,
+                                  win_length=data.win_length, fmax=data.fmax).numpy()
                 meta = {**clip.meta, "caption": item.caption, "input_index": item.index}
                 sink.write(encode_sample(key, clip.frames, clip.wave, meta, mel, prep.jpeg_quality))
                 clips.append({"key": key, "input": item.path, "window": clip.meta["window"],

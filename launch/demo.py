@@ -32,7 +32,8 @@ def write_synthetic_videos(out: Path, cfg, num_clips: int) -> Path:
     rows = ["path,caption"]
     for i in range(num_clips):
         clip = make_clip(cfg.data, seed=i)
-        write_mp4(out / f"clip_{i:03d}.mp4", clip.frames, cfg.data.fps, clip.wave, cfg.data.sample_rate)
+        write_mp4(out / f"clip_{i:03d}.mp4", clip.frames, fps=cfg.data.fps, wave=clip.wave,
+                  sample_rate=cfg.data.sample_rate)
         rows.append(f"clip_{i:03d}.mp4,{clip.caption}")
     (out / "manifest.csv").write_text("\n".join(rows) + "\n")
     return out / "manifest.csv"

@@ -47,5 +47,6 @@ def save_sounding_videos(out_dir: str | Path, frames: torch.Tensor, wave: torch.
     for i in range(frames.shape[0]):
         w = wave[i]
         w = w / w.abs().max().clamp_min(1.0)
-        paths.append(write_mp4(Path(out_dir) / f"{stem}_{i:03d}.mp4", frames[i], data.fps, w, data.sample_rate))
+        paths.append(write_mp4(Path(out_dir) / f"{stem}_{i:03d}.mp4", frames[i], fps=data.fps, wave=w,
+                               sample_rate=data.sample_rate))
     return paths

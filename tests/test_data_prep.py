@@ -109,7 +109,7 @@ def test_a_window_ending_at_the_end_of_the_file_keeps_its_last_frames(tmp_path, 
 
     fps, n = 8, 32
     frames = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None] * 7 + 10, 64, 1).repeat(64, 2).repeat(3, 3)
-    path = write_mp4(tmp_path / "ramp.mp4", frames, fps, np.zeros(16000 * 4, np.float32), 16000)
+    path = write_mp4(tmp_path / "ramp.mp4", frames, fps=fps, wave=np.zeros(16000 * 4, np.float32), sample_rate=16000)
     _, clips = _clips(path, _cfg("data.seconds=4.0", f"prep.video_backend={backend}"))
     assert clips[-1].meta["frame_pts"] == pytest.approx(list(np.arange(n) / fps), abs=1e-4)
     means = clips[-1].frames.reshape(n, -1).mean(1)

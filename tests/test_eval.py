@@ -147,7 +147,7 @@ def _write_mp4s(folder: Path, ks, shift: float = 0.0) -> None:
 
     for k in ks:
         frames, wave = _clip(k, shift=shift)
-        write_mp4(folder / f"clip{k:02d}.mp4", frames, FPS, wave, SR)
+        write_mp4(folder / f"clip{k:02d}.mp4", frames, fps=FPS, wave=wave, sample_rate=SR)
 
 
 def _write_shards(folder: Path, ks) -> None:

@@ -11,7 +11,7 @@ from svgen.media.mp4 import probe, write_mp4
 def test_mp4_has_one_h264_and_one_aac_stream_of_the_right_length(tmp_path, tiny_cfg):
     data = tiny_cfg("data.seconds=2.0").data
     clip = make_clip(data, seed=3)
-    path = write_mp4(tmp_path / "a.mp4", clip.frames, data.fps, clip.wave, data.sample_rate)
+    path = write_mp4(tmp_path / "a.mp4", clip.frames, fps=data.fps, wave=clip.wave, sample_rate=data.sample_rate)
     info = probe(path)
     kinds = sorted(s["type"] for s in info["streams"])
     assert kinds == ["audio", "video"]
@@ -25,7 +25,8 @@ def test_mp4_has_one_h264_and_one_aac_stream_of_the_right_length(tmp_path, tiny_
 
 def test_mp4_rejects_bad_frames(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        write_mp4(tmp_path / "b.mp4", np.zeros((2, 8, 8, 3), np.float32), 8, np.zeros(100, np.float32), 16000)
+        write_mp4(tmp_path / "b.mp4", np.zeros((2, 8, 8, 3), np.float32), fps=8, wave=np.zeros(100, np.float32),
+                  sample_rate=16000)
 
 
 def test_synthetic_clip_flash_and_click_coincide(tiny_cfg):
@@ -98,9 +99,11 @@ def test_griffin_lim_keeps_the_onsets_and_the_spectrum(tiny_cfg):
 
     d = tiny_cfg().data
     onsets = [0.25, 0.8, 1.5]
-    mel = log_mel(_bursts(d.sample_rate, onsets), d.sample_rate, d.n_mels, d.hop_length, d.win_length, d.fmax)
-    wave = mel_to_wave(mel, d.sample_rate, d.n_mels, d.hop_length, d.win_length, d.fmax)
-    again = log_mel(wave, d.sample_rate, d.n_mels, d.hop_length, d.win_length, d.fmax)
+    settings = {"sample_rate": d.sample_rate, "n_mels": d.n_mels, "hop_length": d.hop_length, "win_length": d.win_length,
+                "fmax": d.fmax}
+    mel = log_mel(_bursts(d.sample_rate, onsets), **settings)
+    wave = mel_to_wave(mel, **settings)
+    again = log_mel(wave, **settings)
     assert (again - mel[: again.shape[0]]).abs().mean() < 0.2                    # log units; silence is -11.5
     env = wave.abs().unfold(0, d.hop_length, d.hop_length).amax(1)
     for o in onsets:

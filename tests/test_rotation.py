@@ -27,7 +27,8 @@ def upright(tmp_path_factory):
     frames[:, -10:, :] = (30, 200, 30)
     path = tmp_path_factory.mktemp("rotation") / "upright.mp4"
     t = np.arange(2 * 16000) / 16000
-    return write_mp4(path, frames, FPS, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    return write_mp4(path, frames, fps=FPS, wave=(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+                     sample_rate=16000)
 
 
 def _displayed(path) -> np.ndarray:

@@ -56,7 +56,8 @@ def test_gamma_one_reproduces_plain_ddim(prediction, schedule):
         # Each step from the same input: float32 rounding then cannot accumulate over 50 steps
         # (chained, it reached 1.7e-5 on some CPUs), and each step is held to 1e-5.
         x_ref = ref.step(out, t, x).prev_sample
-        x, _ = ddim_step(out, x, t, t_prev, ours.alphas_cumprod, final_alpha(ours), prediction)
+        x, _ = ddim_step(out, x, t=t, t_prev=t_prev, alphas_cumprod=ours.alphas_cumprod,
+                         final_alpha_cumprod=final_alpha(ours), prediction_type=prediction)
         torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=1e-5)
 
 

@@ -181,7 +181,7 @@ def write_split(out: Path, n: int, seed: int, spec: Spec, media: Path, progress:
         name = f"{i:05d}.mp4"
         clip = make_clip(seed, i, spec, media)
         if not (clips / name).is_file():
-            write_mp4(clips / name, clip.frames, spec.fps, clip.wave, spec.sample_rate)
+            write_mp4(clips / name, clip.frames, fps=spec.fps, wave=clip.wave, sample_rate=spec.sample_rate)
         truth[name] = {"material": clip.material, "caption": clip.caption, "impacts": clip.impacts}
         rows.append(f"clips/{name},{clip.caption}")
     write_text(out / "list.csv", "\n".join(rows) + "\n")

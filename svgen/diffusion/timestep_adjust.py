@@ -66,7 +66,7 @@ def transitions(grid: list[int]) -> list[tuple[int, int]]:
     return list(zip(grid, grid[1:] + [-1]))
 
 
-def ddim_step(model_output: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int,
+def ddim_step(model_output: torch.Tensor, x_t: torch.Tensor, *, t: int, t_prev: int,
               alphas_cumprod: torch.Tensor, final_alpha_cumprod: float, prediction_type: str,
               eta: float = 0.0, generator: torch.Generator | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:

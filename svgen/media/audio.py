@@ -18,7 +18,7 @@ LOG_FLOOR = math.log(1e-5)
 """log(clamp(x, 1e-5)): the value of silence in a log-mel, also used to pad mel frames."""
 
 
-def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
+def log_mel(wave: torch.Tensor, *, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
             fmax: float) -> torch.Tensor:
     """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (docs/method.md):
     magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
@@ -36,7 +36,7 @@ def _mel_transform(sample_rate: int, n_mels: int, hop_length: int, win_length: i
         f_min=0.0, f_max=fmax, n_mels=n_mels, power=1.0, norm="slaney", mel_scale="slaney", center=True)
 
 
-def mel_to_wave(mel: torch.Tensor, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
+def mel_to_wave(mel: torch.Tensor, *, sample_rate: int, n_mels: int, hop_length: int, win_length: int,
                 fmax: float, n_iter: int = 64) -> torch.Tensor:
     """Log-mel (..., frames, n_mels) in ``log_mel``'s convention -> waveform (..., frames * hop):
     the mel filterbank inverted by least squares, then Griffin-Lim phase recovery. The vocoder
@@ -70,7 +70,8 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         c = self.cfg
-        return log_mel(wave, c.sample_rate, c.n_mels, c.hop_length, c.win_length, c.fmax)
+        return log_mel(wave, sample_rate=c.sample_rate, n_mels=c.n_mels, hop_length=c.hop_length,
+                       win_length=c.win_length, fmax=c.fmax)
 
 
 def pad_frames(mel: torch.Tensor, multiple: int) -> torch.Tensor:

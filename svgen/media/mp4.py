@@ -15,7 +15,7 @@ import torch
 from svgen.fileio import atomic_path
 
 
-def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, fps: int,
+def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, *, fps: int,
               wave: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
     """frames: (F, H, W, 3) uint8; wave: (N,) float in [-1, 1] (mono). Written atomically."""
     path = Path(path)

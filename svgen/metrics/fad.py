@@ -89,8 +89,9 @@ def load_vggish(path: str | Path) -> VGGish:
 @torch.no_grad()
 def vggish_embeddings(net: VGGish, wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
     """0.96 s log-mel patches (10 ms hop, 64 bins) -> one embedding per patch."""
-    mel = log_mel(torch.as_tensor(wave, dtype=torch.float32), sample_rate, 64, sample_rate // 100,
-                  sample_rate // 40 * 2 if sample_rate >= 16000 else 512, min(7500.0, sample_rate / 2))
+    mel = log_mel(torch.as_tensor(wave, dtype=torch.float32), sample_rate=sample_rate, n_mels=64,
+                  hop_length=sample_rate // 100,
+                  win_length=sample_rate // 40 * 2 if sample_rate >= 16000 else 512, fmax=min(7500.0, sample_rate / 2))
     n = mel.shape[0] // 96
     if n == 0:
         mel = torch.nn.functional.pad(mel, (0, 0, 0, 96 - mel.shape[0]), value=float(mel.min()))

@@ -105,7 +105,8 @@ def decode_audio(audio: AudioBase, z: torch.Tensor, num_samples: int, data: Data
         if data is None:
             raise ValueError("this audio base has no vocoder (model.audio.vocoder=griffin_lim): decoding needs "
                              "the data config's mel settings")
-        wave = mel_to_wave(mel[:, 0], data.sample_rate, data.n_mels, data.hop_length, data.win_length, data.fmax)
+        wave = mel_to_wave(mel[:, 0], sample_rate=data.sample_rate, n_mels=data.n_mels, hop_length=data.hop_length,
+                           win_length=data.win_length, fmax=data.fmax)
     else:
         wave = voc(mel[:, 0].to(voc.dtype)).float()
     if wave.ndim == 1:

@@ -108,8 +108,10 @@ def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Ten
             (ca, ua), (cv, uv) = out_a.chunk(2), out_v.chunk(2)
             out_a = ua + cfg.guidance_audio * (ca - ua)
             out_v = uv + cfg.guidance_video * (cv - uv)
-        z_a, x0_a = ddim_step(out_a, z_a, t_a, prev_a, sched_a.alphas_cumprod,
-                              final_alpha(sched_a), sched_a.prediction_type, cfg.eta, step_gen)
-        z_v, x0_v = ddim_step(out_v, z_v, t_v, prev_v, sched_v.alphas_cumprod,
-                              final_alpha(sched_v), sched_v.prediction_type, cfg.eta, step_gen)
+        z_a, x0_a = ddim_step(out_a, z_a, t=t_a, t_prev=prev_a, alphas_cumprod=sched_a.alphas_cumprod,
+                              final_alpha_cumprod=final_alpha(sched_a), prediction_type=sched_a.prediction_type,
+                              eta=cfg.eta, generator=step_gen)
+        z_v, x0_v = ddim_step(out_v, z_v, t=t_v, t_prev=prev_v, alphas_cumprod=sched_v.alphas_cumprod,
+                              final_alpha_cumprod=final_alpha(sched_v), prediction_type=sched_v.prediction_type,
+                              eta=cfg.eta, generator=step_gen)
     return _impose(z_a, given_a, sched_a, -1, eps_a), _impose(z_v, given_v, sched_v, -1, eps_v)
