@@ -175,6 +175,21 @@ def test_throughput_and_peak():
     assert card_peak_tflops(torch.device("cpu"), configured=123.0) == 123.0
 
 
+def test_log_lines_show_no_mfu_figure_that_rounds_to_zero():
+    """A model too small for the figure to mean anything (the tiny config on a GPU) logs 'MFU -',
+    not 'MFU 0.0%'; an unknown card's peak logs no MFU at all (issue 23, item 5)."""
+    from svgen.train.perf import Throughput
+
+    tiny = Throughput(8, 8, peak_tflops=989.4, flops_per_sample=1e9)
+    assert tiny.describe(tiny.metrics(10, 1.0)) == "MFU -"
+    real = Throughput(8, 8, peak_tflops=989.4, flops_per_sample=40e12)
+    assert real.describe(real.metrics(1, 1.4)) == "MFU 23.1%"
+    ckpt = Throughput(8, 8, peak_tflops=989.4, flops_per_sample=40e12, recomputed=True)
+    assert ckpt.describe(ckpt.metrics(1, 1.4)).startswith("HFU ")
+    unknown = Throughput(8, 8, peak_tflops=None, flops_per_sample=40e12)
+    assert unknown.describe(unknown.metrics(1, 1.4)) == ""
+
+
 def test_mfu_benchmark_prints_an_mfu_line():
     """The CPU smoke of benchmarks/mfu.py (the GPU run is benchmarks/gpu_check.sh): one row per
     configuration and batch, the baseline comparison, and the summary MFU line."""
