@@ -4,7 +4,6 @@ invocations acting as 2 nodes, SIGTERM + resume == uninterrupted, MLflow content
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from safetensors.torch import load_file
 
 from data_prep.run import run as run_prep
 from svgen.config import load_config
+from svgen.distributed import free_port
 from svgen.media.mp4 import probe
 
 from .conftest import ROOT, TINY, tiny_overrides
 from svgen.testing.media import write_flash_click
 
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +90,7 @@ def test_two_processes_zero(tmp_path, tiny_bases, shards, stage, precision, leve
 def test_two_nodes_on_one_machine(tmp_path, tiny_bases, shards):
     """Two launcher invocations as node ranks 0 and 1 (what slurm/train.sbatch does per node)."""
     out = tmp_path / "multinode"
-    port = _port()
+    port = free_port()
     procs = []
     for node_rank in (0, 1):
         cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
