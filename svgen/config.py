@@ -535,7 +535,7 @@ class TrackConfig:
     library installed) GPU utilisation into the run's system/* metrics; 0 turns them off."""
 
 
-METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd")
+METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd", "desync")
 
 
 @dataclass(frozen=True)
@@ -544,8 +544,9 @@ class EvalConfig:
     training loop's validation. Feature networks load from local files only."""
 
     metrics: list[str] = field(default_factory=lambda: ["av_align"])
-    """Which of av_align, fad_vggish (VGGish FAD), fd_panns (PANNs CNN14 FD), fvd, kvd (I3D) to
-    compute. All but av_align compare against ``reference`` and need their weight file."""
+    """Which of av_align, fad_vggish (VGGish FAD), fd_panns (PANNs CNN14 FD), fvd, kvd (I3D),
+    desync (Synchformer's predicted offset, seconds) to compute. The distances compare against
+    ``reference``; all but av_align need their weight file."""
     reference: str = ""
     """Real clips to compare against: a folder of .mp4, or data_prep shards (folder, .tar or list)."""
     vggish_path: str = ""
@@ -554,6 +555,9 @@ class EvalConfig:
     """PANNs CNN14 checkpoint (e.g. Cnn14_16k_mAP=0.438.pth) for fd_panns."""
     i3d_path: str = ""
     """I3D Kinetics-400 state_dict (pytorch-i3d layout, e.g. i3d_pretrained_400.pt) for fvd/kvd."""
+    synchformer_path: str = ""
+    """Synchformer weights (MMAudio's synchformer_state_dict.pth) for desync; clips must be at
+    least 4.8 s long."""
     fvd_frames: int = 16
     """Frames per clip fed to I3D, taken evenly over the clip."""
     max_clips: int = 0

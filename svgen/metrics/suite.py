@@ -1,5 +1,6 @@
-"""Score sets of sounding videos: AV-Align per clip, and distances between feature distributions
-of a generated and a reference set (FAD with VGGish, PANNs-FD, FVD and KVD with I3D).
+"""Score sets of sounding videos: AV-Align and DeSync (Synchformer) per clip, and distances between
+feature distributions of a generated and a reference set (FAD with VGGish, PANNs-FD, FVD and KVD
+with I3D).
 
 One code path serves launch/eval.py and the training loop's validation. Clips stream through the
 feature networks in batches and only features are kept, so large sets need no memory for pixels.
@@ -22,7 +23,7 @@ from svgen.metrics.av_align import av_align
 
 RATE = 16000  # VGGish and the 16 kHz CNN14 both take 16 kHz audio
 NEEDS_REFERENCE = ("fad_vggish", "fd_panns", "fvd", "kvd")
-NETWORK = {"fad_vggish": "vggish", "fd_panns": "panns", "fvd": "i3d", "kvd": "i3d"}
+NETWORK = {"fad_vggish": "vggish", "fd_panns": "panns", "fvd": "i3d", "kvd": "i3d", "desync": "synchformer"}
 
 
 @dataclass
@@ -89,7 +90,7 @@ class FeatureNets:
         self.device = device or resolve_device(cfg.device)
         self.fvd_frames = cfg.fvd_frames
         need = {NETWORK[m] for m in metrics if m in NETWORK}
-        self.vggish = self.panns = self.i3d = None
+        self.vggish = self.panns = self.i3d = self.synchformer = None
         if "vggish" in need:
             from svgen.metrics.fad import load_vggish
             self.vggish = load_vggish(cfg.vggish_path).to(self.device)
@@ -99,6 +100,9 @@ class FeatureNets:
         if "i3d" in need:
             from svgen.metrics.i3d import load_i3d
             self.i3d = load_i3d(cfg.i3d_path).to(self.device)
+        if "synchformer" in need:
+            from svgen.metrics.synchformer import load_synchformer
+            self.synchformer = load_synchformer(cfg.synchformer_path).to(self.device)
 
 
 def _run_batched(fn, items: list) -> list[np.ndarray]:
@@ -115,7 +119,7 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
     from svgen.metrics.panns import panns_embeddings
 
     metrics = set(metrics)
-    out: dict[str, list] = {"av_align": [], "vggish": [], "panns": [], "i3d": []}
+    out: dict[str, list] = {"av_align": [], "vggish": [], "panns": [], "i3d": [], "desync": []}
     count = 0
 
     def flush(batch: list[Clip]) -> None:
@@ -131,13 +135,18 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
             out["av_align"].append(av_align(clip.frames, clip.wave, clip.fps, RATE)["av_align"])
         if nets.vggish is not None:
             out["vggish"].append(vggish_embeddings(nets.vggish, clip.wave, RATE))
+        if nets.synchformer is not None:
+            from svgen.metrics.synchformer import desync
+
+            out["desync"].append(desync(nets.synchformer, clip.frames, clip.wave, clip.fps, RATE))
         batch.append(clip)
         if len(batch) >= batch_size:
             flush(batch)
             batch = []
     if batch:
         flush(batch)
-    feats = {k: (np.concatenate(v) if k != "av_align" else np.asarray(v, np.float64)) for k, v in out.items() if v}
+    feats = {k: (np.concatenate(v) if k not in ("av_align", "desync") else np.asarray(v, np.float64))
+             for k, v in out.items() if v}
     feats["count"] = np.asarray(count)
     return feats
 
@@ -165,7 +174,8 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
     """Scores of a generated set (and the reference's features, for reuse).
 
     Keys: av_align (mean over generated clips), av_align_reference (when a reference is given),
-    num_generated, num_reference, and each requested distance (fad_vggish, fd_panns, fvd, kvd).
+    num_generated, num_reference, desync (and desync_reference), and each requested distance
+    (fad_vggish, fd_panns, fvd, kvd).
     ``reference_features``: features from an earlier call, to skip re-reading the reference.
     """
     metrics = list(cfg.metrics if metrics is None else metrics)
@@ -180,6 +190,8 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
     result: dict[str, float] = {"num_generated": int(gen["count"])}
     if "av_align" in metrics:
         result["av_align"] = float(gen["av_align"].mean())
+    if "desync" in metrics:
+        result["desync"] = float(gen["desync"].mean())
     ref = reference_features
     if ref is None and reference is not None:
         ref = extract(reference, nets, metrics, cfg.batch_size, "reference", progress)
@@ -187,5 +199,7 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
         result["num_reference"] = int(ref["count"])
         if "av_align" in ref:
             result["av_align_reference"] = float(ref["av_align"].mean())
+        if "desync" in ref:
+            result["desync_reference"] = float(ref["desync"].mean())
         result.update(distances(gen, ref, metrics))
     return result, ref
