@@ -65,17 +65,21 @@ def end_to_end(src: Path, tmp: Path, args) -> None:
 
     from data_prep.reaper import cluster_temp_dir
 
-    out = tmp / "e2e"
-    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", args.config,
-           "--no-progress", *sum((["--set", s] for s in args.set), [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The driver's pid names its cluster's folder: mark every process that names the prefix.
-    r = run_measured(cmd, marker=os.path.dirname(cluster_temp_dir(0)) + "/svgen-ray-", env=env, cwd=ROOT,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    clips = json.loads((out / "summary.json").read_text())["clips_written"] if r["returncode"] == 0 else 0
-    print(f"end to end, `python -m data_prep` as a user runs it: {clips} clips in {r['seconds']:.1f} s = "
-          f"{clips / r['seconds']:.2f} clips/s, {r['cpu_seconds'] / max(clips, 1):.3f} CPU s per clip over "
-          f"{r['processes']} processes (start-up and shut-down included)")
+    rates = {}
+    for label, extra in (("default (auto)", []), ("prep.executor=ray", ["--set", "prep.executor=ray"])):
+        out = tmp / f"e2e{len(rates)}"
+        cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", args.config,
+               "--no-progress", *sum((["--set", s] for s in args.set), []), *extra]
+        # The driver's pid names its cluster's folder: mark every process that names the prefix.
+        r = run_measured(cmd, marker=os.path.dirname(cluster_temp_dir(0)) + "/svgen-ray-", env=env, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        summary = json.loads((out / "summary.json").read_text()) if r["returncode"] == 0 else {}
+        clips = summary.get("clips_written", 0)
+        rates[label] = clips / r["seconds"]
+        print(f"end to end, `python -m data_prep` {label} ({summary.get('executor', '?')}): {clips} clips in "
+              f"{r['seconds']:.1f} s = {clips / r['seconds']:.2f} clips/s, {r['cpu_seconds'] / max(clips, 1):.3f} CPU s "
+              f"per clip over {r['processes']} processes (start-up and shut-down included)")
     if args.peer:
         peer_out = tmp / "peer"
         peer_cmd = args.peer.format(input=src, output=peer_out)
@@ -83,7 +87,7 @@ def end_to_end(src: Path, tmp: Path, args) -> None:
         n = args.peer_clips or clips
         print(f"peer ({peer_cmd[:80]}...): {p['seconds']:.1f} s, {p['cpu_seconds']:.1f} CPU s over {p['processes']} "
               f"processes; at {n} clips: {n / p['seconds']:.2f} clips/s, {p['cpu_seconds'] / max(n, 1):.3f} CPU s per "
-              f"clip; svgen / peer clips/s: {(clips / r['seconds']) / (n / p['seconds']):.1f}x")
+              f"clip; svgen (default) / peer clips/s: {rates['default (auto)'] / (n / p['seconds']):.1f}x")
 
 
 def main() -> None:
@@ -123,7 +127,7 @@ def main() -> None:
         rates = {}
         for workers in (1, 2):
             out = tmp / f"out{workers}"
-            cfg = dataclasses.replace(cfg, prep=dataclasses.replace(cfg.prep, workers=workers))
+            cfg = dataclasses.replace(cfg, prep=dataclasses.replace(cfg.prep, workers=workers, executor="ray"))
             t0, c0 = time.perf_counter(), _cpu_seconds()
             s = run(str(src), str(out), cfg, progress=False)
             rates[workers] = s["clips_written"] / (time.perf_counter() - t0)

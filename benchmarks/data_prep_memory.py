@@ -33,9 +33,9 @@ from svgen.config import load_config  # noqa: E402
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and every process of its embedded Ray cluster
-    (workers, GCS, raylet, agents: their command lines name the cluster's temp folder), or, when
-    attached elsewhere, every 'ray::' worker."""
+    """Samples the summed RSS of this process, its child processes (local workers) and every
+    process of its embedded Ray cluster (workers, GCS, raylet, agents: their command lines name
+    the cluster's temp folder), or, when attached elsewhere, every 'ray::' worker."""
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self.worker_peak = interval, 0, 0
@@ -49,10 +49,14 @@ class PeakRSS:
         folder = cluster_temp_dir()
         while not self._stop.is_set():
             total, largest = me.memory_info().rss, 0
+            try:
+                children = {c.pid for c in me.children(recursive=True)}  # local worker processes
+            except psutil.NoSuchProcess:
+                children = set()
             for p in psutil.process_iter(["name", "cmdline"]):
                 try:
                     title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
-                    if p.pid != me.pid and (title.startswith("ray::") or folder in title):
+                    if p.pid != me.pid and (p.pid in children or title.startswith("ray::") or folder in title):
                         rss = p.memory_info().rss
                         total += rss
                         largest = max(largest, rss)

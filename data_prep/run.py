@@ -1,7 +1,9 @@
-"""Orchestrate shard tasks on Ray and write the run's manifest, errors and summary.
+"""Orchestrate shard tasks and write the run's manifest, errors and summary.
 
 On a cluster the driver attaches to the running Ray (``ray job submit`` sets RAY_ADDRESS, or
-pass --address); on one machine it starts an embedded Ray on 127.0.0.1.
+pass --address). On one machine, a small job runs on local worker processes (data_prep/local.py,
+the same stage code without a cluster's start-up) and a larger one on an embedded Ray on
+127.0.0.1 (``prep.executor`` and ``prep.local_max_inputs`` choose).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ class PrepError(RuntimeError):
     """The run cannot proceed as asked; the message says why and what to do."""
 
 
+_NOT_OUTPUT = ("workers", "max_retries", "verify_shards", "executor", "local_max_inputs")
+"""prep settings that change how a run goes, not what it writes."""
+
+
 def _fingerprint(items: list[InputItem], cfg: Config) -> str:
     blob = json.dumps({"inputs": [asdict(i) for i in items], "data": to_dict(cfg)["data"],
-                       "prep": {k: v for k, v in to_dict(cfg)["prep"].items() if k not in ("workers", "max_retries", "verify_shards")}},
+                       "prep": {k: v for k, v in to_dict(cfg)["prep"].items() if k not in _NOT_OUTPUT}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -88,32 +94,64 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
     skipped = len(shards) - len(todo)
     failed: dict[int, str] = {}
     clips = 0
+    executor = "none (nothing to do)"
     if todo:
-        ray, started = init_ray(address, cfg.prep.workers)
-        try:
-            task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
-            limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
-            pending, queue = {}, list(todo)
-            bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
-            while queue or pending:
-                while queue and len(pending) < limit:
-                    k = queue.pop(0)
-                    pending[task.remote(str(out), k, shards[k], cfg)] = k
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    k = pending.pop(ref)
-                    try:
-                        clips += ray.get(ref)["num_clips"]
-                    except Exception as e:  # noqa: BLE001 - a task that failed all its retries
-                        failed[k] = f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"
-                    bar.update(1)
-                    bar.set_postfix(clips=clips, failed=len(failed))
-            bar.close()
-        finally:
-            if started:
-                ray.shutdown()
+        bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress)
+
+        def done(k: int, stats: dict | None, error: str | None) -> None:
+            nonlocal clips
+            if error is not None:
+                failed[k] = error
+            else:
+                clips += stats["num_clips"]
+            bar.update(1)
+            bar.set_postfix(clips=clips, failed=len(failed))
+
+        executor = choose_executor(cfg.prep, address, sum(len(shards[k]) for k in todo))
+        if executor == "local":
+            from data_prep.local import run_local
+
+            run_local(write_shard, lambda k: (str(out), k, shards[k], cfg), todo,
+                      cfg.prep.workers or os.cpu_count() or 1, cfg.prep.max_retries, done)
+        else:
+            _run_ray(out, shards, todo, cfg, address, done)
+        bar.close()
     remove_stale_temporaries(out, before=t0)
-    return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips)
+    return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips, executor=executor)
+
+
+def choose_executor(prep, address: str | None, inputs: int) -> str:
+    """'ray' or 'local' for this run: prep.executor, or with 'auto', Ray when attaching to a
+    cluster (--address or RAY_ADDRESS) or when more than prep.local_max_inputs inputs are to do,
+    else local worker processes (a Ray cluster's start-up would be most of a small run)."""
+    if prep.executor != "auto":
+        return prep.executor
+    if address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    return "local" if inputs <= prep.local_max_inputs else "ray"
+
+
+def _run_ray(out: Path, shards: dict, todo: list[int], cfg: Config, address: str | None, done) -> None:
+    """The shard tasks on Ray (an attached cluster, or an embedded one started and shut down here)."""
+    ray, started = init_ray(address, cfg.prep.workers)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=cfg.prep.max_retries, retry_exceptions=True)(write_shard)
+        limit = cfg.prep.workers or int(ray.cluster_resources().get("CPU", 1))
+        pending, queue = {}, list(todo)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                k = queue.pop(0)
+                pending[task.remote(str(out), k, shards[k], cfg)] = k
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                k = pending.pop(ref)
+                try:
+                    done(k, ray.get(ref), None)
+                except Exception as e:  # noqa: BLE001 - a task that failed all its retries
+                    done(k, None, f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _verify_finished(out: Path, finished: list[int], verify: bool, progress: bool) -> dict[int, str]:
@@ -150,7 +188,7 @@ def remove_stale_temporaries(out: Path, before: float) -> list[Path]:
 
 
 def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, str], skipped: int,
-             seconds: float, clips_this_run: int = 0) -> dict:
+             seconds: float, clips_this_run: int = 0, executor: str = "") -> dict:
     """Rebuild manifest, errors and summary from every shard's stats: nothing is counted twice
     and nothing is lost, however many runs it took."""
     manifest, errors, clips, media, clip_sec, by_stage = [], [], 0, 0.0, 0.0, {}
@@ -190,7 +228,7 @@ def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, st
         "errors_by_stage": by_stage, "shards": len(shards), "shards_skipped": skipped,
         "shards_failed": sorted(shard_name(k) for k in failed),
         "media_hours": media / 3600, "clip_hours": clip_sec / 3600, "seconds": seconds,
-        "clips_written_this_run": clips_this_run,
+        "clips_written_this_run": clips_this_run, "executor": executor,
         # The rate of the work done in this run: shards finished earlier took no time now.
         "clips_per_second": clips_this_run / seconds if seconds > 0 else 0.0,
     }
@@ -205,7 +243,7 @@ def report(summary: dict, out: str) -> str:
         f"({s['shards_skipped']} already done) under {out}",
         f"  media {s['media_hours']:.3f} h probed, {s['clip_hours']:.3f} h of clips; this run wrote "
         f"{s.get('clips_written_this_run', s['clips_written'])} clips in {s['seconds']:.1f}s "
-        f"({s['clips_per_second']:.2f} clips/s)",
+        f"({s['clips_per_second']:.2f} clips/s, {s.get('executor', 'ray')})",
         f"  errors: {s['errors']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(s["errors_by_stage"].items())) + ")"
                                       if s["errors"] else ""),
         f"  manifest: {out}/manifest.jsonl  errors: {out}/errors.jsonl  summary: {out}/summary.json",

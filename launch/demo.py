@@ -58,7 +58,8 @@ def main() -> None:
     uri = f"sqlite:///{out}/mlflow.db"  # --set track.tracking_uri=... overrides it
     cfg = load_config(args.config, [f"train.out_dir={out}/train", f"train.source.shards={out}/shards",
                                     f"track.tracking_uri={uri}", "track.run_name=demo",
-                                    "train.check_frozen=true"] + args.set)  # tiny bases: the proof is cheap
+                                    "train.check_frozen=true",  # tiny bases: the proof is cheap
+                                    "prep.executor=ray"] + args.set)  # the demo shows the Ray path
     out.mkdir(parents=True, exist_ok=True)
     if not Path(cfg.model.audio.path).exists() or not Path(cfg.model.video.path).exists():
         root = Path(cfg.model.audio.path).parent

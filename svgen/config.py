@@ -249,7 +249,15 @@ class PrepConfig:
     since decord turns them itself and fails at 180 degrees); 'auto' uses decord where it
     reports valid timestamps, else PyAV."""
     workers: int = 0
-    """Parallel Ray tasks; 0 uses every CPU Ray sees."""
+    """Parallel shard tasks (Ray tasks or local worker processes); 0 uses every CPU."""
+    executor: Literal["auto", "ray", "local"] = "auto"
+    """Where shard tasks run: 'ray' (the cluster of --address / RAY_ADDRESS, else an embedded
+    one on this machine), 'local' (worker processes of this machine, no Ray: no cluster start-up,
+    the same stage code), or 'auto': Ray when attaching to a cluster or when more than
+    local_max_inputs inputs are to do, local otherwise."""
+    local_max_inputs: int = 256
+    """With executor 'auto' on one machine: up to this many inputs to do run locally (where a Ray
+    cluster's start-up of several seconds would weigh most); more go to an embedded Ray."""
     max_retries: int = 2
     """Times a failed shard task is retried before its inputs are recorded as errors."""
     verify_shards: bool = True
@@ -263,6 +271,7 @@ class PrepConfig:
         _check(self.min_shards >= 1, f"{where}.min_shards", "must be >= 1")
         _check(0 <= self.jpeg_quality <= 100, f"{where}.jpeg_quality", "must be in [0, 100] (0: raw frames)")
         _check(self.workers >= 0, f"{where}.workers", "must be >= 0")
+        _check(self.local_max_inputs >= 0, f"{where}.local_max_inputs", "must be >= 0")
         _check(self.max_retries >= 0, f"{where}.max_retries", "must be >= 0")
 
 

@@ -245,7 +245,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     run(str(src), str(ref), _cfg("prep.inputs_per_shard=1"), progress=False)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", str(TINY),
-           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--no-progress"]
+           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--set", "prep.executor=ray", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.stats.json"))) < 2:
@@ -608,7 +608,7 @@ def test_no_process_of_a_killed_prep_run_survives(tmp_path):
     out = tmp_path / "out"
     t0 = time.time()
     cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", str(TINY),
-           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--no-progress"]
+           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=1", "--set", "prep.executor=ray", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("*.stats.json")):
@@ -638,7 +638,7 @@ def test_no_process_survives_a_driver_killed_inside_ray_init(tmp_path):
 
     src = _inputs(tmp_path, 2)
     cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(tmp_path / "out"), "--config",
-           str(TINY), "--no-progress"]
+           str(TINY), "--set", "prep.executor=ray", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = cluster_temp_dir(proc.pid)
     deadline = time.time() + 60
@@ -771,3 +771,75 @@ def test_windows_decoded_group_by_group_with_seeks_equal_one_pass(tmp_path, suff
             best = lags[int(np.argmax(corr))]
             assert abs(best) <= 0.0006 * cfg.data.sample_rate and max(corr) > 0.9, (best, max(corr))
     _assert_in_sync([c for c, _ in grouped], cfg.data.fps, cfg.data.sample_rate, events, must_see=10)
+
+
+@pytest.mark.multiprocess
+def test_local_worker_processes_write_the_same_shards_as_ray(tmp_path):
+    """prep.executor=local (what 'auto' picks for a small job on one machine): the same stage
+    code without a Ray cluster; the shards hold the same clips, frame for frame."""
+    src = _inputs(tmp_path, 4)
+    by = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        summary = run(str(src), str(out), _cfg(f"prep.executor={executor}"), progress=False)
+        assert summary["executor"] == executor and summary["clips_written"] == 8
+        by[executor] = {c["key"]: c for c in map(dict, _all_clips(out))}
+    assert by["local"].keys() == by["ray"].keys()
+    for k in by["local"]:
+        assert np.array_equal(by["local"][k]["frames"], by["ray"][k]["frames"])
+        assert np.array_equal(by["local"][k]["wave"], by["ray"][k]["wave"])
+    from data_prep.run import choose_executor
+
+    cfg = _cfg()
+    assert choose_executor(cfg.prep, None, 10) == "local" and choose_executor(cfg.prep, None, 10_000) == "ray"
+    assert choose_executor(cfg.prep, "127.0.0.1:6379", 10) == "ray"
+
+
+def _all_clips(out: Path):
+    from svgen.data.loader import ClipStream
+    from svgen.data.source import resolve_shards
+
+    return list(ClipStream(list(resolve_shards(out).urls), shuffle_buffer=1))
+
+
+def _crash_once(marker: str, k: int) -> dict:
+    """A task whose first attempt at k = 1 kills its worker process outright."""
+    flag = Path(marker) / f"tried{k}"
+    if k == 1 and not flag.exists():
+        flag.write_text("x")
+        os._exit(1)
+    if k == 2:
+        raise ValueError("shard 2 is always bad")
+    return {"num_clips": k}
+
+
+def test_local_workers_survive_a_crashed_worker_and_retry(tmp_path):
+    from data_prep.local import run_local
+
+    done = {}
+    run_local(_crash_once, lambda k: (str(tmp_path), k), [0, 1, 2, 3], workers=2, max_retries=1,
+              on_done=lambda k, r, e: done.__setitem__(k, (r, e)))
+    assert done[0] == ({"num_clips": 0}, None) and done[3] == ({"num_clips": 3}, None)
+    assert done[1] == ({"num_clips": 1}, None)                       # the pool was rebuilt, the shard retried
+    assert done[2][0] is None and "shard 2 is always bad" in done[2][1]
+
+
+@pytest.mark.multiprocess
+def test_no_local_worker_survives_a_killed_driver(tmp_path):
+    import psutil
+
+    src = _inputs(tmp_path, 6)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep", "--input", str(src), "--output", str(out), "--config", str(TINY),
+           "--set", "prep.inputs_per_shard=1", "--set", "prep.workers=2", "--set", "prep.executor=local",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.stats.json")):
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "no worker process was running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
