@@ -9,7 +9,9 @@
 Metrics (docs/method.md): av_align needs no weights; fad_vggish, fd_panns, fvd and kvd compare the
 generated set with --reference (a folder of .mp4, or data_prep shards) through feature
 networks loaded from the local files eval.vggish_path, eval.panns_path and eval.i3d_path
-(nothing is downloaded; a missing file is an error naming its key). The config comes from
+(nothing is downloaded; a missing file is an error naming its key); desync (Synchformer,
+eval.synchformer_path) and ib_score (ImageBind, eval.imagebind_path: CC-BY-NC weights you supply)
+score each clip, and the reference too when given. The config comes from
 --config, else from the config stored in --weights, else the defaults.
 
 Results go to the MLflow run given by --run-id (the training run), else to a new run tagged with

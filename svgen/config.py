@@ -544,7 +544,7 @@ class TrackConfig:
     library installed) GPU utilisation into the run's system/* metrics; 0 turns them off."""
 
 
-METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd", "desync")
+METRICS = ("av_align", "fad_vggish", "fd_panns", "fvd", "kvd", "desync", "ib_score")
 
 
 @dataclass(frozen=True)
@@ -554,7 +554,7 @@ class EvalConfig:
 
     metrics: list[str] = field(default_factory=lambda: ["av_align"])
     """Which of av_align, fad_vggish (VGGish FAD), fd_panns (PANNs CNN14 FD), fvd, kvd (I3D),
-    desync (Synchformer's predicted offset, seconds) to compute. The distances compare against
+    desync (Synchformer's predicted offset, seconds), ib_score (ImageBind's audio-video cosine) to compute. The distances compare against
     ``reference``; all but av_align need their weight file."""
     reference: str = ""
     """Real clips to compare against: a folder of .mp4, or data_prep shards (folder, .tar or list)."""
@@ -567,6 +567,10 @@ class EvalConfig:
     synchformer_path: str = ""
     """Synchformer weights (MMAudio's synchformer_state_dict.pth) for desync; clips must be at
     least 4.8 s long."""
+    imagebind_path: str = ""
+    """ImageBind-Huge weights (imagebind_huge.pth, licensed CC-BY-NC 4.0: svgen ships neither them
+    nor ImageBind's code; the user supplies them and their licence applies) for ib_score; clips
+    must be at least 2 s long."""
     fvd_frames: int = 16
     """Frames per clip fed to I3D, taken evenly over the clip."""
     max_clips: int = 0

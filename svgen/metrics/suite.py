@@ -1,4 +1,5 @@
-"""Score sets of sounding videos: AV-Align and DeSync (Synchformer) per clip, and distances between
+"""Score sets of sounding videos: AV-Align, DeSync (Synchformer) and the ImageBind score per clip, and
+distances between
 feature distributions of a generated and a reference set (FAD with VGGish, PANNs-FD, FVD and KVD
 with I3D).
 
@@ -23,7 +24,9 @@ from svgen.metrics.av_align import av_align
 
 RATE = 16000  # VGGish and the 16 kHz CNN14 both take 16 kHz audio
 NEEDS_REFERENCE = ("fad_vggish", "fd_panns", "fvd", "kvd")
-NETWORK = {"fad_vggish": "vggish", "fd_panns": "panns", "fvd": "i3d", "kvd": "i3d", "desync": "synchformer"}
+NETWORK = {"fad_vggish": "vggish", "fd_panns": "panns", "fvd": "i3d", "kvd": "i3d", "desync": "synchformer",
+           "ib_score": "imagebind"}
+PER_CLIP = ("av_align", "desync", "ib_score")   # one score a clip; the set's is their mean
 
 
 @dataclass
@@ -90,7 +93,7 @@ class FeatureNets:
         self.device = device or resolve_device(cfg.device)
         self.fvd_frames = cfg.fvd_frames
         need = {NETWORK[m] for m in metrics if m in NETWORK}
-        self.vggish = self.panns = self.i3d = self.synchformer = None
+        self.vggish = self.panns = self.i3d = self.synchformer = self.imagebind = None
         if "vggish" in need:
             from svgen.metrics.fad import load_vggish
             self.vggish = load_vggish(cfg.vggish_path).to(self.device)
@@ -103,6 +106,9 @@ class FeatureNets:
         if "synchformer" in need:
             from svgen.metrics.synchformer import load_synchformer
             self.synchformer = load_synchformer(cfg.synchformer_path).to(self.device)
+        if "imagebind" in need:
+            from svgen.metrics.imagebind import load_imagebind
+            self.imagebind = load_imagebind(cfg.imagebind_path).to(self.device)
 
 
 def _run_batched(fn, items: list) -> list[np.ndarray]:
@@ -119,7 +125,7 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
     from svgen.metrics.panns import panns_embeddings
 
     metrics = set(metrics)
-    out: dict[str, list] = {"av_align": [], "vggish": [], "panns": [], "i3d": [], "desync": []}
+    out: dict[str, list] = {"av_align": [], "vggish": [], "panns": [], "i3d": [], "desync": [], "ib_score": []}
     count = 0
 
     def flush(batch: list[Clip]) -> None:
@@ -139,13 +145,17 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
             from svgen.metrics.synchformer import desync
 
             out["desync"].append(desync(nets.synchformer, clip.frames, clip.wave, clip.fps, RATE))
+        if nets.imagebind is not None:
+            from svgen.metrics.imagebind import ib_score
+
+            out["ib_score"].append(ib_score(nets.imagebind, clip.frames, clip.wave, clip.fps, RATE))
         batch.append(clip)
         if len(batch) >= batch_size:
             flush(batch)
             batch = []
     if batch:
         flush(batch)
-    feats = {k: (np.concatenate(v) if k not in ("av_align", "desync") else np.asarray(v, np.float64))
+    feats = {k: (np.concatenate(v) if k not in PER_CLIP else np.asarray(v, np.float64))
              for k, v in out.items() if v}
     feats["count"] = np.asarray(count)
     return feats
@@ -173,8 +183,9 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
              progress: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
     """Scores of a generated set (and the reference's features, for reuse).
 
-    Keys: av_align (mean over generated clips), av_align_reference (when a reference is given),
-    num_generated, num_reference, desync (and desync_reference), and each requested distance
+    Keys: num_generated, num_reference; av_align, desync and ib_score (means over the generated
+    clips) with av_align_reference, desync_reference and ib_score_reference when a reference is
+    given; and each requested distance
     (fad_vggish, fd_panns, fvd, kvd).
     ``reference_features``: features from an earlier call, to skip re-reading the reference.
     """
@@ -188,18 +199,16 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
     if int(gen["count"]) == 0:
         raise ValueError("no generated clips to score")
     result: dict[str, float] = {"num_generated": int(gen["count"])}
-    if "av_align" in metrics:
-        result["av_align"] = float(gen["av_align"].mean())
-    if "desync" in metrics:
-        result["desync"] = float(gen["desync"].mean())
+    for m in PER_CLIP:
+        if m in metrics:
+            result[m] = float(gen[m].mean())
     ref = reference_features
     if ref is None and reference is not None:
         ref = extract(reference, nets, metrics, cfg.batch_size, "reference", progress)
     if ref is not None:
         result["num_reference"] = int(ref["count"])
-        if "av_align" in ref:
-            result["av_align_reference"] = float(ref["av_align"].mean())
-        if "desync" in ref:
-            result["desync_reference"] = float(ref["desync"].mean())
+        for m in PER_CLIP:
+            if m in ref:
+                result[f"{m}_reference"] = float(ref[m].mean())
         result.update(distances(gen, ref, metrics))
     return result, ref
