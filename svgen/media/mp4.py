@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 
@@ -77,8 +78,9 @@ def read_mp4(path: str | Path, sample_rate: int = 16000) -> tuple[np.ndarray, np
     frames, chunks, sr = [], [], None
     with av.open(str(path)) as f:
         fps = float(f.streams.video[0].average_rate or 0)
+        rgb = VideoReformatter()  # one swscale context for all frames (to_ndarray(format=) makes one a frame)
         for fr in f.decode(video=0):
-            frames.append(fr.to_ndarray(format="rgb24"))
+            frames.append(rgb.reformat(fr, format="rgb24").to_ndarray())
     with av.open(str(path)) as f:
         if f.streams.audio:
             for fr in f.decode(audio=0):
