@@ -53,6 +53,83 @@ def _warm() -> None:
     import data_prep.shard  # noqa: F401
 
 
+def _video2dataset_command(src: Path, tmp: Path, v2d: str, config: str, sets: list[str]) -> str:
+    """video2dataset (the peer of issue 21) on the same inputs and settings: the same 4 s windows
+    (given as its clip column, since it cuts only where told), 8 fps, 256 px centre crop, 16 kHz
+    mono audio, as many processes as svgen's workers; its output folder is {output}."""
+    import json
+
+    from data_prep.probe import probe
+    from data_prep.windows import plan_windows
+
+    cfg = load_config(config, sets)
+    rows = []
+    for f in sorted(src.iterdir()):
+        p, err = probe(str(f))
+        if err is not None:
+            continue
+        windows, _ = plan_windows(p, cfg.data, cfg.prep)
+        rows.append({"url": str(f), "caption": "clip", "clips": [[round(w.start, 3), round(w.end, 3)] for w in windows]})
+    # Its clip column must be a list column (a CSV cell stays a string): parquet, written by the
+    # peer's own Python before the timing starts.
+    (tmp / "peer_list.json").write_text(json.dumps(rows))
+    python = Path(v2d).parent / "python"
+    subprocess.run([str(python), "-c", "import json, sys, pyarrow as pa, pyarrow.parquet as pq; "
+                    "pq.write_table(pa.Table.from_pylist(json.load(open(sys.argv[1]))), sys.argv[2])",
+                    str(tmp / "peer_list.json"), str(tmp / "peer_list.parquet")], check=True)
+    workers = cfg.prep.workers or 2
+    (tmp / "peer.yaml").write_text(f"""subsampling:
+    ClippingSubsampler:
+        args: {{min_length: {cfg.data.seconds}, max_length: {cfg.data.seconds}, precision: "exact"}}
+    ResolutionSubsampler:
+        args: {{video_size: {cfg.data.size}, resize_mode: "scale,crop"}}
+    FrameSubsampler:
+        args: {{frame_rate: {cfg.data.fps}}}
+    AudioRateSubsampler:
+        args: {{sample_rate: {cfg.data.sample_rate}, n_audio_channels: 1, encode_format: "wav"}}
+reading: {{timeout: 60, sampler: null, yt_args: {{}}}}
+storage: {{number_sample_per_shard: 16, oom_shard_count: 5, captions_are_subtitles: False}}
+distribution: {{processes_count: {workers}, thread_count: {workers}, subjob_size: 1000, distributor: "multiprocessing"}}
+""")
+    # Two bugs of video2dataset 1.3.0 make any audio or frame-rate subsampling crash, and the shim
+    # fixes just those, leaving its work as it is: the worker reads `encode_formats` off its first
+    # audio and video subsampler, which those classes never set (set here to the format each was
+    # given); and FrameSubsampler / AudioRateSubsampler pop and re-insert the stream while the
+    # worker iterates over the streams (they are given a copy here, and the result is written back).
+    # Audio is kept as wav: with m4a its extraction runs `ffmpeg -f m4a`, not a muxer ffmpeg knows,
+    # and every clip silently loses its sound (wav is also the cheapest format to write).
+    (tmp / "peer_shim.py").write_text(
+        "import sys\n"
+        "from video2dataset.subsamplers import audio_rate_subsampler as a, frame_subsampler as f, "
+        "resolution_subsampler as r\n"
+        "for cls, kind in ((a.AudioRateSubsampler, 'audio'), (f.FrameSubsampler, 'video'), "
+        "(r.ResolutionSubsampler, 'video')):\n"
+        "    cls.encode_formats = property(lambda self, kind=kind: {kind: self.encode_format})\n"
+        "    def call(self, streams, metadata=None, _orig=cls.__call__):\n"
+        "        out, metas, err = _orig(self, dict(streams), metadata)\n"
+        "        streams.update(out)\n"
+        "        return streams, metas, err\n"
+        "    cls.__call__ = call\n"
+        "if __name__ == '__main__':\n"
+        "    from video2dataset.main import main\n"
+        "    sys.argv[0] = 'video2dataset'\n"
+        "    sys.exit(main())\n")
+    return (f"{python} {tmp / 'peer_shim.py'} --url_list {tmp / 'peer_list.parquet'} --input_format parquet --url_col url --caption_col caption "
+            f"--clip_col clips --output_folder {{output}} --output_format webdataset "
+            f"--encode_formats '{{{{\"video\": \"mp4\", \"audio\": \"wav\"}}}}' --config {tmp / 'peer.yaml'}")
+
+
+def _webdataset_count(folder: Path) -> int:
+    """Samples with a video in the tars of ``folder``."""
+    import tarfile
+
+    n = 0
+    for t in folder.glob("*.tar"):
+        with tarfile.open(t) as tf:
+            n += sum(1 for m in tf.getmembers() if m.name.endswith(".mp4"))
+    return n
+
+
 def end_to_end(src: Path, tmp: Path, args) -> None:
     """The default command from start to exit, in a process of its own (Ray's start-up, GCS,
     raylet, agents, workers and shut-down all counted), and the peer's command the same way when
@@ -80,11 +157,16 @@ def end_to_end(src: Path, tmp: Path, args) -> None:
         print(f"end to end, `python -m data_prep` {label} ({summary.get('executor', '?')}): {clips} clips in "
               f"{r['seconds']:.1f} s = {clips / r['seconds']:.2f} clips/s, {r['cpu_seconds'] / max(clips, 1):.3f} CPU s "
               f"per clip over {r['processes']} processes (start-up and shut-down included)")
+    if args.video2dataset and not args.peer:
+        args.peer = _video2dataset_command(src, tmp, args.video2dataset, args.config, args.set)
     if args.peer:
         peer_out = tmp / "peer"
         peer_cmd = args.peer.format(input=src, output=peer_out)
         p = run_measured(["bash", "-c", peer_cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        n = args.peer_clips or clips
+        n = args.peer_clips or _webdataset_count(peer_out)
+        if p["returncode"] != 0 or n == 0:
+            print(f"peer failed (exit {p['returncode']}, {n} clips in {peer_out}): not compared")
+            return
         print(f"peer ({peer_cmd[:80]}...): {p['seconds']:.1f} s, {p['cpu_seconds']:.1f} CPU s over {p['processes']} "
               f"processes; at {n} clips: {n / p['seconds']:.2f} clips/s, {p['cpu_seconds'] / max(n, 1):.3f} CPU s per "
               f"clip; svgen (default) / peer clips/s: {rates['default (auto)'] / (n / p['seconds']):.1f}x")
@@ -100,7 +182,10 @@ def main() -> None:
     ap.add_argument("--input", default=None, help="a folder of real videos instead of the synthetic corpus")
     ap.add_argument("--peer", default=None, help="a peer's command, with {input} and {output}, measured the same "
                                                  "way end to end (e.g. a video2dataset call)")
-    ap.add_argument("--peer-clips", type=int, default=0, help="clips the peer writes (default: as many as svgen)")
+    ap.add_argument("--peer-clips", type=int, default=0, help="clips the peer writes (default: counted in its tars, "
+                                                             "else as many as svgen)")
+    ap.add_argument("--video2dataset", default=None, help="path of a video2dataset executable: the peer, set up on "
+                                                           "the same windows and settings")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
