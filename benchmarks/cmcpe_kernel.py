@@ -116,8 +116,8 @@ def main() -> None:
         results = {}
         for impl, fn in fns.items():
             with torch.no_grad():
-                t_f = _bench(lambda: fn(x, e, w, b, 1e-5, "nearest"), dev, 3, args.iters)
-            u, a = fn(x, e, w, b, 1e-5, "nearest")
+                t_f = _bench(lambda: fn(x, e, w, b, eps=1e-5, mode="nearest"), dev, 3, args.iters)
+            u, a = fn(x, e, w, b, eps=1e-5, mode="nearest")
 
             def backward():
                 torch.autograd.grad((u, a), (x, e, w, b), (gu, ga), retain_graph=True)
@@ -152,11 +152,11 @@ def sweep(x, e, w, b, gu, ga, dev, iters, fwd_bytes, bwd_bytes, peak) -> None:
                                       (8192, 8, 512)]:
             tk.LAUNCH.update(fwd_tile=tile, fwd_warps=warps, fwd_programs=programs)
             with torch.no_grad():
-                t = _bench(lambda: tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest"), dev, 3, iters)
+                t = _bench(lambda: tk.norm_add_embedding_triton(x, e, w, b, eps=1e-5, mode="nearest"), dev, 3, iters)
             print(f"  sweep fwd tile {tile:5d} warps {warps:2d} programs {programs or 'auto':>7}: {t * 1e3:7.3f} ms "
                   f"{pct(fwd_bytes, t)}")
         tk.LAUNCH.update(default)
-        u, a = tk.norm_add_embedding_triton(x, e, w, b, 1e-5, "nearest")
+        u, a = tk.norm_add_embedding_triton(x, e, w, b, eps=1e-5, mode="nearest")
         for tile, warps, programs in [(2048, 4, None), (4096, 8, None), (4096, 8, 2048), (4096, 8, 132),
                                       (8192, 8, None)]:
             tk.LAUNCH.update(bwd_tile=tile, bwd_warps=warps, bwd_programs=programs)

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        summary = run(args.input, args.output, cfg, args.address, args.overwrite, not args.no_progress)
+        summary = run(args.input, args.output, cfg, address=args.address, overwrite=args.overwrite,
+                      progress=not args.no_progress)
     except (ConfigError, InputError, PrepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -126,10 +126,10 @@ def decode_clips(p: Probe, windows: list[Window], data: DataConfig, prep: PrepCo
         yield from _window_errors(p, windows, "decode_video", "decord could not read valid frame timestamps")
         return
     for n, group in enumerate(_groups(windows, group_seconds)):
-        yield from _decode_group(p, group, data, reader, upright, seek=n > 0)
+        yield from _decode_group(p, group, data, reader=reader, upright=upright, seek=n > 0)
 
 
-def _decode_group(p: Probe, windows: list[Window], data: DataConfig, reader, upright: bool, seek: bool
+def _decode_group(p: Probe, windows: list[Window], data: DataConfig, *, reader, upright: bool, seek: bool
                   ) -> Iterator[tuple[Clip | None, ErrorRecord | None]]:
     # The audio is decoded a little beyond the group on both sides, so the resampler has context
     # at its edges: a window's samples do not depend on where its group starts or ends.

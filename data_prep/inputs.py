@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 
@@ -15,6 +15,7 @@ from pathlib import Path
 class InputItem:
     index: int
     path: str
+    _: KW_ONLY
     caption: str = ""
     start: float | None = None
     end: float | None = None
@@ -48,8 +49,8 @@ def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise InputError(f"manifest '{src}' needs a header with a 'path' column "
                                  f"(optional: caption, start, end); found {reader.fieldnames}")
-            items = [InputItem(i, _resolve(src.parent, r["path"]), r.get("caption") or "",
-                               _num(r.get("start")), _num(r.get("end"))) for i, r in enumerate(reader)]
+            items = [InputItem(i, _resolve(src.parent, r["path"]), caption=r.get("caption") or "",
+                               start=_num(r.get("start")), end=_num(r.get("end"))) for i, r in enumerate(reader)]
     elif src.is_file() and src.suffix.lower() in (".jsonl", ".json"):
         items = []
         for i, line in enumerate(l for l in src.read_text().splitlines() if l.strip()):
@@ -59,8 +60,8 @@ def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
                 raise InputError(f"manifest '{src}' line {i + 1} is not JSON: {e}") from e
             if "path" not in r:
                 raise InputError(f"manifest '{src}' line {i + 1} has no 'path' key")
-            items.append(InputItem(i, _resolve(src.parent, r["path"]), r.get("caption") or "",
-                                   _num(r.get("start")), _num(r.get("end"))))
+            items.append(InputItem(i, _resolve(src.parent, r["path"]), caption=r.get("caption") or "",
+                                   start=_num(r.get("start")), end=_num(r.get("end"))))
     elif src.is_file() and src.suffix.lower() in (".txt", ".list"):
         # One CSV record a line, no header: the reference's split files quote a caption that holds
         # a comma ('path,"a cup, a desk"'). An unquoted caption with commas is kept whole too.
@@ -76,7 +77,7 @@ def discover(source: str | Path, extensions: list[str]) -> list[InputItem]:
                 caption = caption.strip()
                 if caption.startswith('"'):
                     caption = next(csv.reader([caption]))[0]
-            items.append(InputItem(len(items), _resolve(src.parent, path.strip()), caption.strip()))
+            items.append(InputItem(len(items), _resolve(src.parent, path.strip()), caption=caption.strip()))
     elif not src.exists():
         raise InputError(f"input '{src}' does not exist: give a folder of videos, a .csv/.jsonl manifest "
                          "or a .txt list of 'path,caption' lines")

@@ -27,7 +27,7 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
 
 
-def run_local(task: Callable, args_of: Callable[[int], tuple], todo: list[int], workers: int, max_retries: int,
+def run_local(task: Callable, args_of: Callable[[int], tuple], todo: list[int], *, workers: int, max_retries: int,
               on_done: Callable[[int, dict | None, str | None], None]) -> None:
     """Run ``task(*args_of(k))`` for every k of ``todo`` on ``workers`` processes; ``on_done(k,
     result, error)`` once per k (error: the last failure, after ``max_retries`` retries)."""

@@ -17,7 +17,7 @@ import av
 from data_prep.records import ErrorRecord
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Probe:
     """What probing one input found."""
 
@@ -92,8 +92,9 @@ def probe(path: str) -> tuple[Probe | None, dict | None]:
         return None, ErrorRecord(path, "probe", "video stream has no frames")
     if rotation is None:
         return None, ErrorRecord(path, "probe", "no decodable video frame")
-    return Probe(path, vspan[0], vspan[1], fps, width, height, rotation,
-                 aspan[0] if aspan else None, aspan[1] if aspan else None, sr, ch, vcodec, acodec), None
+    return Probe(path=path, video_start=vspan[0], video_end=vspan[1], fps=fps, width=width, height=height,
+                 rotation=rotation, audio_start=aspan[0] if aspan else None, audio_end=aspan[1] if aspan else None,
+                 sample_rate=sr, channels=ch, video_codec=vcodec, audio_codec=acodec), None
 
 
 def _first_frame_rotation(path: str) -> int | None:

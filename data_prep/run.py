@@ -68,7 +68,7 @@ def init_ray(address: str | None, workers: int):
     return ray, True
 
 
-def run(source: str, output: str, cfg: Config, address: str | None = None, overwrite: bool = False,
+def run(source: str, output: str, cfg: Config, *, address: str | None = None, overwrite: bool = False,
         progress: bool = True) -> dict:
     t0 = time.time()
     out = Path(output)
@@ -112,12 +112,13 @@ def run(source: str, output: str, cfg: Config, address: str | None = None, overw
             from data_prep.local import run_local
 
             run_local(write_shard, lambda k: (str(out), k, shards[k], cfg), todo,
-                      cfg.prep.workers or os.cpu_count() or 1, cfg.prep.max_retries, done)
+                      workers=cfg.prep.workers or os.cpu_count() or 1, max_retries=cfg.prep.max_retries, on_done=done)
         else:
-            _run_ray(out, shards, todo, cfg, address, done)
+            _run_ray(out, shards, todo, cfg, address=address, done=done)
         bar.close()
     remove_stale_temporaries(out, before=t0)
-    return finalize(out, shards, failed, skipped, time.time() - t0, clips_this_run=clips, executor=executor)
+    return finalize(out, shards, failed, skipped=skipped, seconds=time.time() - t0, clips_this_run=clips,
+                    executor=executor)
 
 
 def choose_executor(prep, address: str | None, inputs: int) -> str:
@@ -131,7 +132,7 @@ def choose_executor(prep, address: str | None, inputs: int) -> str:
     return "local" if inputs <= prep.local_max_inputs else "ray"
 
 
-def _run_ray(out: Path, shards: dict, todo: list[int], cfg: Config, address: str | None, done) -> None:
+def _run_ray(out: Path, shards: dict, todo: list[int], cfg: Config, *, address: str | None, done) -> None:
     """The shard tasks on Ray (an attached cluster, or an embedded one started and shut down here)."""
     ray, started = init_ray(address, cfg.prep.workers)
     try:
@@ -187,7 +188,7 @@ def remove_stale_temporaries(out: Path, before: float) -> list[Path]:
     return removed
 
 
-def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, str], skipped: int,
+def finalize(out: Path, shards: dict[int, list[InputItem]], failed: dict[int, str], *, skipped: int,
              seconds: float, clips_this_run: int = 0, executor: str = "") -> dict:
     """Rebuild manifest, errors and summary from every shard's stats: nothing is counted twice
     and nothing is lost, however many runs it took."""

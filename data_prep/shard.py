@@ -91,7 +91,7 @@ def write_shard(out_dir: str | Path, shard_index: int, items: list[InputItem], c
                                   hop_length=data.hop_length,
                                   win_length=data.win_length, fmax=data.fmax).numpy()
                 meta = {**clip.meta, "caption": item.caption, "input_index": item.index}
-                sink.write(encode_sample(key, clip.frames, clip.wave, meta, mel, prep.jpeg_quality))
+                sink.write(encode_sample(key, clip.frames, clip.wave, meta, mel=mel, jpeg_quality=prep.jpeg_quality))
                 clips.append({"key": key, "input": item.path, "window": clip.meta["window"],
                               "start": clip.meta["start"], "av_offset": clip.meta["av_offset"]})
     stats = {"shard": final.name, "shard_index": shard_index, "inputs": [asdict(i) for i in items],

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DistInfo:
     rank: int
     local_rank: int
@@ -91,7 +91,7 @@ def init_distributed(env: dict[str, str] | None = None) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method=f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
                                 rank=rank, world_size=world)
-    return DistInfo(rank, local_rank, world, device, backend)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device, backend=backend)
 
 
 def barrier() -> None:

@@ -87,7 +87,7 @@ def decode_frames_jpeg(blob: bytes, offsets: np.ndarray) -> np.ndarray:
                      for a, b in zip(offsets[:-1], offsets[1:])])
 
 
-def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str, Any],
+def encode_sample(key: str, frames: np.ndarray, wave: np.ndarray, meta: dict[str, Any], *,
                   mel: np.ndarray | None = None, jpeg_quality: int = 0) -> dict[str, Any]:
     """A WebDataset sample dict (``__key__`` + members) for one clip; frames as JPEG when
     ``jpeg_quality`` > 0, else raw."""

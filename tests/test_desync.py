@@ -71,12 +71,12 @@ def test_desync_is_an_offset_class_of_a_long_enough_clip(weights):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (48, 64, 64, 3), dtype=np.uint8)     # 6 s at 8 fps
     wave = (rng.standard_normal(6 * 16000) * 0.1).astype(np.float32)
-    d = desync(net, frames, wave, 8.0, 16000)
+    d = desync(net, frames, wave, fps=8.0, rate=16000)
     # The mean of |offset| over the first and the last 4.8 s: multiples of 0.1 s in [0, 2].
     assert 0.0 <= d <= 2.0 and abs(d * 10 - round(d * 10)) < 1e-6
     assert set(np.round(np.abs(OFFSETS), 6)) <= set(np.round(np.arange(0, 2.01, 0.2), 6))
     with pytest.raises(DesyncError, match=f"reads {WINDOW:.1f} s of a clip.*has 4.00 s"):
-        desync(net, frames[:32], wave[: 4 * 16000], 8.0, 16000)
+        desync(net, frames[:32], wave[: 4 * 16000], fps=8.0, rate=16000)
 
 
 def test_a_file_in_another_layout_names_the_key(tmp_path, weights):

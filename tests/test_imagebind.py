@@ -140,15 +140,15 @@ def test_the_score_is_the_cosine_of_the_mean_embeddings(weights):
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 255, (32, 64, 80, 3), dtype=np.uint8)     # 4 s at 8 fps
     wave = (rng.standard_normal(4 * 16000) * 0.1).astype(np.float32)
-    s = ib_score(net, frames, wave, 8.0, 16000)
+    s = ib_score(net, frames, wave, fps=8.0, rate=16000)
     with torch.no_grad():
         v = net.embed("vision", video_views(frames, 8.0)).mean(0)
         a = net.embed("audio", audio_views(wave, 16000)).mean(0)
     assert s == pytest.approx(float(v @ a / (v.norm() * a.norm())), abs=1e-6) and -1.0 <= s <= 1.0
-    other = ib_score(net, frames, (rng.standard_normal(4 * 16000) * 0.5).astype(np.float32), 8.0, 16000)
+    other = ib_score(net, frames, (rng.standard_normal(4 * 16000) * 0.5).astype(np.float32), fps=8.0, rate=16000)
     assert other != pytest.approx(s, abs=1e-6)                            # it reads the sound
     with pytest.raises(ImageBindError, match="windows of 2 s.*has 1.50 s"):
-        ib_score(net, frames[:12], wave, 8.0, 16000)
+        ib_score(net, frames[:12], wave, fps=8.0, rate=16000)
 
 
 def test_a_file_in_another_layout_names_the_key(tmp_path, weights):

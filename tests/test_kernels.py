@@ -33,7 +33,7 @@ def _inputs(shape, dtype, seed=0):
 
 
 def _run(fn, x, e, w, b, gu, ga, mode):
-    u, a = fn(x, e, w, b, 1e-5, mode)
+    u, a = fn(x, e, w, b, eps=1e-5, mode=mode)
     loss = (u.float() * gu.float()).sum() + (a.float() * ga.float()).sum()
     grads = torch.autograd.grad(loss, [x, e, w, b])
     return [u, a, *grads]
@@ -82,7 +82,7 @@ def test_bad_inputs_are_rejected_by_name():
                                                torch.zeros(8, device=DEV))
     with pytest.raises(ValueError, match="resample mode"):
         triton_cmcpe.norm_add_embedding_triton(x, torch.randn(1, 2, 8, device=DEV), torch.ones(8, device=DEV),
-                                               torch.zeros(8, device=DEV), 1e-5, "cubic")
+                                               torch.zeros(8, device=DEV), mode="cubic")
 
 
 def test_nearest_resample_is_interpolate_nearest():
@@ -94,7 +94,7 @@ def test_nearest_resample_is_interpolate_nearest():
 
 def test_compile_variant_matches_reference():
     args = _inputs((2, 5, 6, 16, 3), torch.float32)
-    outs = _run(lambda *a: norm_add_embedding(*a, kernel="compile"), *args, "nearest")
+    outs = _run(lambda *a, **k: norm_add_embedding(*a, **k, kernel="compile"), *args, "nearest")
     refs = _run(norm_add_embedding_reference, *args, "nearest")
     _close(outs, refs, torch.float32)
 

@@ -32,9 +32,9 @@ def test_split_by_node_and_worker_is_a_partition(shards):
     flat = [u for p in parts for u in p]
     assert sorted(flat) == sorted(urls) and all(len(p) == 1 for p in parts)
     # Every rank computes the same shard order for an epoch; a new epoch reshuffles.
-    a = ClipStream(urls, 0, 1, seed=3, epoch=0).my_shards(0, 1)
-    assert a == ClipStream(urls, 0, 1, seed=3, epoch=0).my_shards(0, 1)
-    assert a != ClipStream(urls, 0, 1, seed=3, epoch=1).my_shards(0, 1)
+    a = ClipStream(urls, seed=3, epoch=0).my_shards(0, 1)
+    assert a == ClipStream(urls, seed=3, epoch=0).my_shards(0, 1)
+    assert a != ClipStream(urls, seed=3, epoch=1).my_shards(0, 1)
 
 
 @pytest.mark.multiprocess

@@ -236,7 +236,7 @@ def test_the_temporal_attention_normalises_over_time_as_the_reference(dtype, eps
     seen = {}
     attn.norm.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
     attn(x)
-    y = (x + frame_time_embedding(t, 8.0, c, x.device, x.dtype)).float()
+    y = (x + frame_time_embedding(t, 8.0, c, device=x.device, dtype=x.dtype)).float()
     mean = y.mean(dim=1, keepdim=True)                                  # over the frames
     var = ((y - mean) ** 2).mean(dim=1, keepdim=True)                   # biased, as the reference's
     want = (y - mean) / torch.sqrt(torch.clamp(var, min=eps)) * torch.linspace(0.5, 1.5, c)

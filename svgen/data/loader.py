@@ -106,7 +106,7 @@ class ClipStream(torch.utils.data.IterableDataset):
     :meth:`records` yields clips and ``{"bad": {...}}`` records instead (training skips those,
     up to train.source.max_bad_samples)."""
 
-    def __init__(self, urls: list[str], rank: int = 0, world_size: int = 1, seed: int = 0,
+    def __init__(self, urls: list[str], *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle_buffer: int = 64, epoch: int = 0, allow_pipe: bool = False):
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
         self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, epoch
@@ -210,7 +210,8 @@ def make_loader(source: ShardSource | str | Path, batch_size: int, *, rank: int 
     src = source if isinstance(source, ShardSource) else resolve_shards(source, latents)
     urls = list(src.urls)
     check_split(len(urls), world_size, num_workers)  # in the main process: an error, not a hang
-    ds = Batches(ClipStream(urls, rank, world_size, seed, shuffle_buffer, allow_pipe=src.allow_pipe),
+    ds = Batches(ClipStream(urls, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                            allow_pipe=src.allow_pipe),
                  batch_size, tolerant)
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers,
                                        persistent_workers=False, pin_memory=pin_memory)

@@ -35,7 +35,7 @@ def resolve_kernel(requested: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" and triton_importable() else "reference"
 
 
-def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
                        eps: float = 1e-5, mode: str = "nearest", kernel: str = "auto"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(u, a) = (LN(x), LN(x) + resample(emb)); see ``reference.norm_add_embedding_reference``."""
@@ -45,11 +45,11 @@ def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor,
         log.info("CMC-PE hot path: %s (requested %s, device %s)", impl, kernel, x.device.type)
         _logged.add(impl)
     if impl == "reference":
-        return norm_add_embedding_reference(x, emb, weight, bias, eps, mode)
+        return norm_add_embedding_reference(x, emb, weight, bias, eps=eps, mode=mode)
     if impl == "compile":
         if _compiled is None:
             _compiled = torch.compile(norm_add_embedding_reference, dynamic=True)
-        return _compiled(x, emb, weight, bias, eps, mode)
+        return _compiled(x, emb, weight, bias, eps=eps, mode=mode)
     from svgen.kernels.triton_cmcpe import norm_add_embedding_triton
 
-    return norm_add_embedding_triton(x, emb, weight, bias, eps, mode)
+    return norm_add_embedding_triton(x, emb, weight, bias, eps=eps, mode=mode)

@@ -25,7 +25,7 @@ def resample_time(e: torch.Tensor, t_self: int, mode: str = "nearest") -> torch.
 
 
 def norm_add_embedding_reference(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor,
-                                 bias: torch.Tensor, eps: float = 1e-5, mode: str = "nearest"
+                                 bias: torch.Tensor, *, eps: float = 1e-5, mode: str = "nearest"
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """u = LayerNorm(x) over C;  a = u + resample(emb) broadcast over S.
 

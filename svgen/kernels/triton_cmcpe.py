@@ -224,7 +224,7 @@ def _scatter_time(de_t: torch.Tensor, t_other: int, mode: str) -> torch.Tensor:
     return out.index_add_(1, i1, de_t * frac)
 
 
-def norm_add_embedding_triton(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+def norm_add_embedding_triton(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
                               eps: float = 1e-5, mode: str = "nearest") -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of ``reference.norm_add_embedding_reference`` (same signature)."""
     return _NormAddEmbedding.apply(x, emb, weight, bias, eps, mode)

@@ -81,8 +81,8 @@ def load_vggish(path: str | Path) -> VGGish:
     """VGGish from a local state_dict file (config key ``eval.vggish_path``)."""
     what, key = "VGGish", "eval.vggish_path"
     state = read_state(path, what, key)
-    net = VGGish(width_of(state, "features.0.weight", 64, path, what, key))
-    load_state(net, state, path, what, key)
+    net = VGGish(width_of(state, "features.0.weight", 64, path=path, what=what, key=key))
+    load_state(net, state, path=path, what=what, key=key)
     return net.eval()
 
 

@@ -120,8 +120,8 @@ def load_i3d(path: str | Path) -> InceptionI3d:
     """The I3D network with weights from a local state_dict file (config key ``eval.i3d_path``)."""
     what, key = "I3D", "eval.i3d_path"
     state = read_state(path, what, key)
-    net = InceptionI3d(width=width_of(state, "Conv3d_1a_7x7.conv3d.weight", 64, path, what, key))
-    load_state(net, state, path, what, key, ignore=("num_batches_tracked",))
+    net = InceptionI3d(width=width_of(state, "Conv3d_1a_7x7.conv3d.weight", 64, path=path, what=what, key=key))
+    load_state(net, state, path=path, what=what, key=key, ignore=("num_batches_tracked",))
     return net.eval()
 
 

@@ -212,7 +212,7 @@ def load_imagebind(path, key: str = "eval.imagebind_path") -> ImageBind:
         raise FeatureWeightsError(f"'{path}' (config key {key}): widths {s.vision_dim}/{s.audio_dim} do not split "
                                   f"into heads of {VISION_HEAD_DIM}/{AUDIO_HEAD_DIM} channels as ImageBind's do")
     net = ImageBind(s)
-    load_state(net, state, path, "ImageBind", key, ignore=UNUSED)
+    load_state(net, state, path=path, what="ImageBind", key=key, ignore=UNUSED)
     return net.eval()
 
 
@@ -284,7 +284,7 @@ class ImageBindError(ValueError):
 
 
 @torch.no_grad()
-def ib_score(net: ImageBind, frames: np.ndarray, wave: np.ndarray, fps: float, rate: int) -> float:
+def ib_score(net: ImageBind, frames: np.ndarray, wave: np.ndarray, *, fps: float, rate: int) -> float:
     """Cosine similarity of a clip's mean video embedding and its mean audio embedding."""
     seconds = min(len(frames) / fps, len(wave) / rate)
     if seconds < CLIP_SECONDS - 1e-3:

@@ -75,9 +75,9 @@ def load_panns(path: str | Path, **front_end) -> Cnn14:
     """CNN14 with weights from a local checkpoint (config key ``eval.panns_path``)."""
     what, key = "PANNs CNN14", "eval.panns_path"
     state = read_state(path, what, key)
-    net = Cnn14(width=width_of(state, "conv_block1.conv1.weight", 64, path, what, key), **front_end)
+    net = Cnn14(width=width_of(state, "conv_block1.conv1.weight", 64, path=path, what=what, key=key), **front_end)
     # The STFT weights are fixed (computed here); the mel matrix is taken from the file when present.
-    load_state(net, state, path, what, key,
+    load_state(net, state, path=path, what=what, key=key,
                ignore=("spectrogram_extractor.", "num_batches_tracked", "mel_fb"),
                rename={"logmel_extractor.melW": "mel_fb"})
     return net.eval()

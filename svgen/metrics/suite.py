@@ -117,7 +117,7 @@ def _run_batched(fn, items: list) -> list[np.ndarray]:
     return [fn(items)] if len(shapes) == 1 else [fn([x]) for x in items]
 
 
-def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], batch_size: int = 8,
+def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], *, batch_size: int = 8,
             desc: str = "clips", progress: bool = True) -> dict[str, np.ndarray]:
     """Per-clip AV-Align scores and feature arrays for ``metrics`` over a stream of clips."""
     from svgen.metrics.fad import vggish_embeddings
@@ -144,11 +144,11 @@ def extract(clips: Iterable[Clip], nets: FeatureNets, metrics: Iterable[str], ba
         if nets.synchformer is not None:
             from svgen.metrics.synchformer import desync
 
-            out["desync"].append(desync(nets.synchformer, clip.frames, clip.wave, clip.fps, RATE))
+            out["desync"].append(desync(nets.synchformer, clip.frames, clip.wave, fps=clip.fps, rate=RATE))
         if nets.imagebind is not None:
             from svgen.metrics.imagebind import ib_score
 
-            out["ib_score"].append(ib_score(nets.imagebind, clip.frames, clip.wave, clip.fps, RATE))
+            out["ib_score"].append(ib_score(nets.imagebind, clip.frames, clip.wave, fps=clip.fps, rate=RATE))
         batch.append(clip)
         if len(batch) >= batch_size:
             flush(batch)
@@ -177,7 +177,7 @@ def distances(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], metrics: I
     return result
 
 
-def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: EvalConfig,
+def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: EvalConfig, *,
              metrics: Iterable[str] | None = None, nets: FeatureNets | None = None,
              reference_features: dict[str, np.ndarray] | None = None,
              progress: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
@@ -195,7 +195,7 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
         raise ValueError(f"{', '.join(wanted)} compare against real clips: set eval.reference (a folder of .mp4 "
                          "or data_prep shards) or drop them from eval.metrics")
     nets = nets or FeatureNets(cfg, metrics)
-    gen = extract(generated, nets, metrics, cfg.batch_size, "generated", progress)
+    gen = extract(generated, nets, metrics, batch_size=cfg.batch_size, desc="generated", progress=progress)
     if int(gen["count"]) == 0:
         raise ValueError("no generated clips to score")
     result: dict[str, float] = {"num_generated": int(gen["count"])}
@@ -204,7 +204,7 @@ def evaluate(generated: Iterable[Clip], reference: Iterable[Clip] | None, cfg: E
             result[m] = float(gen[m].mean())
     ref = reference_features
     if ref is None and reference is not None:
-        ref = extract(reference, nets, metrics, cfg.batch_size, "reference", progress)
+        ref = extract(reference, nets, metrics, batch_size=cfg.batch_size, desc="reference", progress=progress)
     if ref is not None:
         result["num_reference"] = int(ref["count"])
         for m in PER_CLIP:

@@ -380,7 +380,7 @@ def load_synchformer(path, key: str = "eval.synchformer_path") -> Synchformer:
         raise FeatureWeightsError(f"'{path}' (config key {key}) does not hold Synchformer weights: no {e}") from None
     net = Synchformer(s)
     # Heads the metric never uses: the video backbone's classifier and the audio one's.
-    load_state(net, state, path, "Synchformer", key, ignore=("vfeat_extractor.head.", "afeat_extractor.classifier."))
+    load_state(net, state, path=path, what="Synchformer", key=key, ignore=("vfeat_extractor.head.", "afeat_extractor.classifier."))
     return net.eval()
 
 
@@ -425,7 +425,7 @@ class DesyncError(ValueError):
 
 
 @torch.no_grad()
-def desync(net: Synchformer, frames: np.ndarray, wave: np.ndarray, fps: float, rate: int) -> float:
+def desync(net: Synchformer, frames: np.ndarray, wave: np.ndarray, *, fps: float, rate: int) -> float:
     """DeSync of one clip: |predicted offset| in seconds, mean over its first and last 4.8 s."""
     seconds = min(len(frames) / fps, len(wave) / rate)
     if seconds < WINDOW - 1e-3:

@@ -34,7 +34,7 @@ def read_state(path: str | Path, what: str, key: str) -> dict[str, torch.Tensor]
     return state
 
 
-def width_of(state: dict[str, torch.Tensor], first: str, base: int, path, what: str, key: str) -> float:
+def width_of(state: dict[str, torch.Tensor], first: str, base: int, *, path, what: str, key: str) -> float:
     """Channel scale of a network from its first layer (1.0 for the published networks; the
     narrow test networks are saved in the same layout and recognised the same way)."""
     if first not in state:
@@ -42,7 +42,7 @@ def width_of(state: dict[str, torch.Tensor], first: str, base: int, path, what: 
     return state[first].shape[0] / base
 
 
-def load_state(net: nn.Module, state: dict[str, torch.Tensor], path, what: str, key: str,
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], *, path, what: str, key: str,
                ignore: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
     """Load ``state`` (from ``read_state``) into ``net``. Keys containing any of ``ignore`` may be
     absent or extra; ``rename`` maps file keys to module keys. Anything else is an error."""

@@ -145,7 +145,7 @@ class _BlockBase(nn.Module):
 class CMCPEBlock(_BlockBase):
     """Cross-modal conditioning as positional encoding."""
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int = 8, depth: int = 1,
+    def __init__(self, channels: int, context_dim: int, *, head_dim: int = 8, depth: int = 1,
                  per_frame: bool = False, resample: str = "nearest", kernel: str = "auto"):
         super().__init__(channels, per_frame)
         heads = heads_for(channels, head_dim)
@@ -162,8 +162,8 @@ class CMCPEBlock(_BlockBase):
         e = self.embed(p_other.to(dtype).transpose(1, 2))               # (B, T_o, C)
         e = self.embed_norm(e.transpose(1, 2)).transpose(1, 2)
         # The hot path: u = LN(x), a = u + e resampled to T and broadcast over S, in one pass.
-        u, a = norm_add_embedding(x, e, self.norm_u.weight, self.norm_u.bias, self.norm_u.eps,
-                                  self.resample, self.kernel)
+        u, a = norm_add_embedding(x, e, self.norm_u.weight, self.norm_u.bias, eps=self.norm_u.eps,
+                                  mode=self.resample, kernel=self.kernel)
         b, t, s, c = u.shape
         seq = self._seq(u) + self.cond_attn(self._seq(a))
         for layer in self.layers:
@@ -182,7 +182,7 @@ class CrossAttentionBlock(_BlockBase):
     footing for the baseline. ``timed``: rotary time positions in seconds on queries and keys
     ('xattn_timed'); ``seconds``: the clip's length, which the positions span."""
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int = 8, depth: int = 1,
+    def __init__(self, channels: int, context_dim: int, *, head_dim: int = 8, depth: int = 1,
                  per_frame: bool = False, pooled: bool = True, context_norm: bool = False,
                  timed: bool = False, seconds: float = 4.0):
         super().__init__(channels, per_frame)
@@ -224,12 +224,14 @@ class CrossAttentionBlock(_BlockBase):
         return self._out(h, seq)
 
 
-def make_block(mode: str, channels: int, context_dim: int, head_dim: int, depth: int, per_frame: bool,
+def make_block(mode: str, channels: int, context_dim: int, *, head_dim: int, depth: int, per_frame: bool,
                resample: str = "nearest", kernel: str = "auto", context_norm: bool = False,
                seconds: float = 4.0) -> nn.Module:
     if mode == "cmcpe":
-        return CMCPEBlock(channels, context_dim, head_dim, depth, per_frame, resample, kernel)
+        return CMCPEBlock(channels, context_dim, head_dim=head_dim, depth=depth, per_frame=per_frame, resample=resample,
+                          kernel=kernel)
     if mode in ("xattn_pooled", "xattn_seq", "xattn_timed"):
-        return CrossAttentionBlock(channels, context_dim, head_dim, depth, per_frame, pooled=mode == "xattn_pooled",
+        return CrossAttentionBlock(channels, context_dim, head_dim=head_dim, depth=depth, per_frame=per_frame,
+                                   pooled=mode == "xattn_pooled",
                                    context_norm=context_norm, timed=mode == "xattn_timed", seconds=seconds)
     raise ValueError(f"unknown cross-modal block mode {mode!r}")

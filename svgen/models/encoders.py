@@ -112,7 +112,7 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.net(rel[..., None].to(w.dtype)), "i j h -> h i j")
 
 
-def frame_time_embedding(frames: int, fps: float, dim: int, device, dtype) -> torch.Tensor:
+def frame_time_embedding(frames: int, fps: float, dim: int, *, device, dtype) -> torch.Tensor:
     """(frames, dim) sinusoidal embedding of each frame's time k / fps in seconds (sin, cos)."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
@@ -141,7 +141,7 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, c = x.shape
-        x = x + frame_time_embedding(t, self.fps, c, x.device, x.dtype)
+        x = x + frame_time_embedding(t, self.fps, c, device=x.device, dtype=x.dtype)
         x = self.norm(x)
         q, k, v = (rearrange(y, "n t (h d) -> n h t d", h=self.heads) for y in (self.to_q(x), *self.to_kv(x).chunk(2, -1)))
         bias = self.rel_pos(t).to(q.dtype)

@@ -106,7 +106,7 @@ class JointModel(nn.Module):
             points = [(f"down{i}", widths[i]) for i in c.down_blocks] + \
                      [(f"up{i}", widths[::-1][i]) for i in c.up_blocks]
             for key, width in points:
-                blocks[key] = make_block(c.mode, width, e.context_dim, c.head_dim, c.depth,
+                blocks[key] = make_block(c.mode, width, e.context_dim, head_dim=c.head_dim, depth=c.depth,
                                          per_frame=modality == "v", resample=c.resample, kernel=c.kernel,
                                          context_norm=c.xattn_context_norm, seconds=seconds)
         audio.unet.requires_grad_(False)
@@ -195,16 +195,16 @@ class JointModel(nn.Module):
         for i in range(ra.num_down):
             ra.down(sa, i)
             rv.down(sv, i)
-            self._cross(f"down{i}", sa, sv, p_a, p_v, replace_skip=True)
+            self._cross(f"down{i}", sa, sv, p_a=p_a, p_v=p_v, replace_skip=True)
         ra.mid(sa)
         rv.mid(sv)
         for i in range(ra.num_up):
             ra.up(sa, i)
             rv.up(sv, i)
-            self._cross(f"up{i}", sa, sv, p_a, p_v, replace_skip=False)
+            self._cross(f"up{i}", sa, sv, p_a=p_a, p_v=p_v, replace_skip=False)
         return ra.end(sa)[:, :, :frames_a], rv.end(sv)
 
-    def _cross(self, key: str, sa, sv, p_a: torch.Tensor, p_v: torch.Tensor, replace_skip: bool) -> None:
+    def _cross(self, key: str, sa, sv, *, p_a: torch.Tensor, p_v: torch.Tensor, replace_skip: bool) -> None:
         if key not in self.blocks_a:
             return
         ra, rv = self.audio_runner, self.video_runner

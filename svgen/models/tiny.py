@@ -111,7 +111,7 @@ def _video_unet_and_adapter(width: int, text_dim: int, full: bool) -> tuple[UNet
     return unet, adapter
 
 
-def build_tiny_audio_base(out: str | Path, n_mels: int = 64, hop_length: int = 160,
+def build_tiny_audio_base(out: str | Path, *, n_mels: int = 64, hop_length: int = 160,
                           sample_rate: int = 16000, width: int = 16, seed: int = 0, full: bool = False,
                           dtype: torch.dtype = torch.float32) -> Path:
     """AudioLDM in miniature (or, with ``full``, with an AudioLDM-m sized UNet), saved under ``out``
@@ -151,7 +151,7 @@ def build_tiny_audio_base(out: str | Path, n_mels: int = 64, hop_length: int = 1
     return out
 
 
-def build_tiny_video_base(out: str | Path, adapter_out: str | Path, width: int = 16,
+def build_tiny_video_base(out: str | Path, adapter_out: str | Path, *, width: int = 16,
                           seed: int = 0, full: bool = False, dtype: torch.dtype = torch.float32) -> tuple[Path, Path]:
     """SD-1.5 + AnimateDiff motion adapter in miniature (or, with ``full``, at their real sizes),
     saved in diffusers layout."""
@@ -184,7 +184,7 @@ def build_tiny_video_base(out: str | Path, adapter_out: str | Path, width: int =
     return out, adapter_out
 
 
-def build_tiny_bases(root: str | Path, n_mels: int = 64, hop_length: int = 160, sample_rate: int = 16000,
+def build_tiny_bases(root: str | Path, *, n_mels: int = 64, hop_length: int = 160, sample_rate: int = 16000,
                      width: int = 16, seed: int = 0, full: bool = False,
                      dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     """All three directories under ``root``; the paths match configs/tiny.yaml's layout.
@@ -193,8 +193,10 @@ def build_tiny_bases(root: str | Path, n_mels: int = 64, hop_length: int = 160, 
     weights; text encoders, VAEs and vocoder stay tiny since the training step does not run them),
     for benchmarks of the adapter overhead at realistic widths. ``dtype``: the saved weights'."""
     root = Path(root)
-    audio = build_tiny_audio_base(root / "audioldm", n_mels, hop_length, sample_rate, width, seed, full, dtype)
-    video, adapter = build_tiny_video_base(root / "sd15", root / "motion_adapter", width, seed + 1, full, dtype)
+    audio = build_tiny_audio_base(root / "audioldm", n_mels=n_mels, hop_length=hop_length, sample_rate=sample_rate,
+                                  width=width, seed=seed, full=full, dtype=dtype)
+    video, adapter = build_tiny_video_base(root / "sd15", root / "motion_adapter", width=width, seed=seed + 1, full=full,
+                                           dtype=dtype)
     return {"audio": audio, "video": video, "motion_adapter": adapter}
 
 

@@ -31,7 +31,7 @@ CACHE_FORMAT = "posterior-mean-std/unpadded-audio"
 """What a cached latent holds; part of the encoder fingerprint, so an older cache is refused."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JointSystem:
     """Everything training and sampling need: the bases (VAEs, vocoder, text encoders), the joint
     denoiser, each base's noise schedule, and the empty-prompt embeddings for caption dropout."""
@@ -113,5 +113,5 @@ def build_system(cfg: Config, seed: int | None = None) -> JointSystem:
     torch.manual_seed(cfg.train.seed if seed is None else seed)
     model = JointModel(audio, video, cfg.model, fps=cfg.data.fps, seconds=cfg.data.seconds)
     empty_a, empty_v = audio.encode_text([""]), video.encode_text([""])
-    return JointSystem(audio, video, model, Schedule(cfg.model.audio.schedule), Schedule(cfg.model.video.schedule),
-                       empty_a[0], empty_v[0])
+    return JointSystem(audio=audio, video=video, model=model, sched_a=Schedule(cfg.model.audio.schedule),
+                       sched_v=Schedule(cfg.model.video.schedule), empty_a=empty_a[0], empty_v=empty_v[0])

@@ -50,7 +50,7 @@ def _randn(shape: tuple, generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device)
 
 
-def _impose(z: torch.Tensor, given: Given | None, sched: Schedule, t: int, eps: torch.Tensor) -> torch.Tensor:
+def _impose(z: torch.Tensor, given: Given | None, sched: Schedule, *, t: int, eps: torch.Tensor) -> torch.Tensor:
     if given is None:
         return z
     if t < 0:
@@ -89,7 +89,8 @@ def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Ten
         text_v = torch.cat([text_v, neg_v.expand_as(text_v)])
     steps = list(zip(transitions(grid_a), transitions(grid_v)))
     for (t_a, prev_a), (t_v, prev_v) in tqdm(steps, desc="sampling", disable=not progress):
-        z_a, z_v = _impose(z_a, given_a, sched_a, t_a, eps_a), _impose(z_v, given_v, sched_v, t_v, eps_v)
+        z_a, z_v = (_impose(z_a, given_a, sched_a, t=t_a, eps=eps_a),
+                    _impose(z_v, given_v, sched_v, t=t_v, eps=eps_v))
         if given_a is not None:
             x0_a = given_a.mask * given_a.latent.float() + (1 - given_a.mask) * x0_a
         if given_v is not None:
@@ -114,4 +115,4 @@ def sample_latents(system: "JointSystem", *, text: tuple[torch.Tensor, torch.Ten
         z_v, x0_v = ddim_step(out_v, z_v, t=t_v, t_prev=prev_v, alphas_cumprod=sched_v.alphas_cumprod,
                               final_alpha_cumprod=final_alpha(sched_v), prediction_type=sched_v.prediction_type,
                               eta=cfg.eta, generator=step_gen)
-    return _impose(z_a, given_a, sched_a, -1, eps_a), _impose(z_v, given_v, sched_v, -1, eps_v)
+    return _impose(z_a, given_a, sched_a, t=-1, eps=eps_a), _impose(z_v, given_v, sched_v, t=-1, eps=eps_v)

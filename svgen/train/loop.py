@@ -80,7 +80,7 @@ class _Vote:
         self.info = info
         self.pending: tuple[int, torch.Tensor, torch.cuda.Event] | None = None
 
-    def __call__(self, step: int, stop: bool, loss_a: torch.Tensor, loss_v: torch.Tensor,
+    def __call__(self, step: int, *, stop: bool, loss_a: torch.Tensor, loss_v: torch.Tensor,
                  bad: bool) -> tuple[int, list[bool]] | None:
         dev = self.info.device
         host = torch.tensor([float(stop), 0.0, 0.0, float(bad)], device=dev)
@@ -345,7 +345,8 @@ def run_steps(run: Run, stop_after: int | None) -> dict:
                           f"{logged['samples_per_s']:.2f} samples/s{(' ' + throughput.describe(logged)).rstrip()} "
                           f"wait {logged['data_wait_frac']:.0%}", flush=True)
                 last_log, logged_at, wait, compute = now, state.step, 0.0, 0.0
-            flags = vote(state.step, stop.raised is not None, parts["loss_audio"], parts["loss_video"], bad.exceeded)
+            flags = vote(state.step, stop=stop.raised is not None, loss_a=parts["loss_audio"], loss_v=parts["loss_video"],
+                         bad=bad.exceeded)
             preempted = False
             if flags is not None:
                 at, (signalled, audio_bad, video_bad, too_bad) = flags

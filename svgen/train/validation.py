@@ -54,8 +54,9 @@ class Validator:
         e = cfg.eval
         need_ref = len(self.metrics) > 1 and self.reference is None
         try:
-            scores, ref = evaluate(clips, iter_clips(e.reference, e.max_clips) if need_ref else None, e, self.metrics,
-                                   self.nets, self.reference, progress=False)
+            scores, ref = evaluate(clips, iter_clips(e.reference, e.max_clips) if need_ref else None, e,
+                                   metrics=self.metrics, nets=self.nets, reference_features=self.reference,
+                                   progress=False)
         except (OSError, ValueError) as err:  # a bad reference must not cost the run: the mp4s are saved
             print(f"validation at step {step}: scoring failed: {err}", flush=True)
             return paths[0]
