@@ -32,7 +32,7 @@ def norm_add_embedding_reference(x: torch.Tensor, emb: torch.Tensor, weight: tor
     x: (B, T, S, C) hidden tokens; emb: (B, T_other, C). Returns (u, a), both like x.
     Computed in fp32 and cast back, as the fused kernels accumulate in fp32.
     """
-    u = F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+    u = F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps=eps)
     e = resample_time(emb.float(), x.shape[1], mode)
     a = u + e[:, :, None, :]
     return u.to(x.dtype), a.to(x.dtype)

@@ -23,13 +23,14 @@ def log_mel(wave: torch.Tensor, *, sample_rate: int, n_mels: int, hop_length: in
     """Waveform (..., N) -> log-mel (..., N // hop, n_mels) in AudioLDM's convention (docs/method.md):
     magnitude STFT, Slaney mel scale and norm (as librosa, which AudioLDM's STFT uses),
     log(clamp(x, 1e-5)). What ``mel.npy`` in a shard holds."""
-    mel = _mel_transform(sample_rate, n_mels, hop_length, win_length, fmax).to(wave.device)(wave.float())
+    mel = _mel_transform(sample_rate=sample_rate, n_mels=n_mels, hop_length=hop_length, win_length=win_length,
+                         fmax=fmax).to(wave.device)(wave.float())
     frames = wave.shape[-1] // hop_length
     return torch.log(mel[..., :frames].clamp_min(1e-5)).transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(sample_rate: int, n_mels: int, hop_length: int, win_length: int, fmax: float):
+def _mel_transform(*, sample_rate: int, n_mels: int, hop_length: int, win_length: int, fmax: float):
     # Built once per setting: the filterbank costs more than one clip's STFT.
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=win_length, win_length=win_length, hop_length=hop_length,
