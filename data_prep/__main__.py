@@ -12,6 +12,8 @@ manifest.jsonl, errors.jsonl, summary.json.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,5 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary["shards_failed"] else 0
 
 
+def _exit_now(code: int) -> None:
+    """Exit without tearing the interpreter down when no Ray connection is open: everything is
+    written and closed by now, and freeing PyTorch's modules takes about 0.4 s, a sixth of a small
+    job's whole run. Logs and the standard streams are flushed first; with Ray, the normal exit
+    (its atexit hooks disconnect the driver cleanly)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
