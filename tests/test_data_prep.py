@@ -843,3 +843,33 @@ def test_no_local_worker_survives_a_killed_driver(tmp_path):
     proc.wait()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_cli_exit_keeps_its_report_and_codes(tmp_path):
+    """`python -m data_prep` leaves without tearing the interpreter down (local executor): the
+    report still reaches a pipe whole, the summary is on disk, the exit code is the run's (1 with
+    a failed shard, 2 for a bad input), and no worker outlives it."""
+    import psutil
+
+    src = _inputs(tmp_path, 2)
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "data_prep", "--config", str(TINY), "--set", "prep.executor=local", "--no-progress"]
+    proc = subprocess.Popen(base + ["--input", str(src), "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["executor"] == "local" and summary["clips_written"] > 0
+    assert stdout.rstrip().endswith(f"summary: {out / 'summary.json'}")       # the last line of the report
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+    bad = subprocess.run(base + ["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'broken.mp4'},a caption\n")
+    failed = subprocess.run(base + ["--input", str(listing), "--output", str(tmp_path / "o3")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert "summary:" in failed.stdout
+    want = 1 if json.loads((tmp_path / "o3" / "summary.json").read_text())["shards_failed"] else 0
+    assert failed.returncode == want
