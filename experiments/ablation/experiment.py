@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from experiments.ablation.blocks import SECONDS, block_bases, block_seeds, import_block
 from experiments.ablation.hits import Spec
 from experiments.ablation.report import write_report
 from experiments.ablation.stages import (VARIANTS, Plan, make_bases, make_data, reference_rows, sample_and_measure,
@@ -23,18 +24,25 @@ class Outcome:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def run(out: Path, plan: Plan, media: Path, workers: int = 2, progress: bool = True) -> Outcome:
-    """Every stage in order, finished ones skipped."""
+def run(out: Path, plan: Plan, media: Path, workers: int = 2, progress: bool = True, block: int | None = None,
+        imports: tuple[Path, ...] = ()) -> Outcome:
+    """Every stage in order, finished ones skipped: the whole plan, or one block of it (one bases
+    seed and its joint seeds; blocks.py). Saved blocks in ``imports`` join the report. Each joint
+    seed is finished (every variant trained, then sampled and measured) before the next starts,
+    so a run that is stopped leaves whole seeds."""
     out.mkdir(parents=True, exist_ok=True)
     spec = Spec(seconds=plan.seconds)
+    seeds = block_seeds(plan, block)
     say = print if progress else (lambda *a, **k: None)
-    times_file = out / "stage_seconds.json"
-    seconds: dict[str, float] = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    times_file = out / SECONDS
+    label = "all blocks" if block is None else f"block {block}"
 
     def timed(stage: str, fn):
         t0 = time.time()
         result = fn()
-        seconds[stage] = seconds.get(stage, 0.0) + time.time() - t0
+        seconds = json.loads(times_file.read_text()) if times_file.is_file() else {}
+        mine = seconds.setdefault(label, {})
+        mine[stage] = mine.get(stage, 0.0) + time.time() - t0
         from svgen.fileio import write_json
 
         write_json(times_file, seconds, indent=1)
@@ -43,26 +51,29 @@ def run(out: Path, plan: Plan, media: Path, workers: int = 2, progress: bool = T
     say(f"[1/5] corpus: {plan.train_clips} train + {plan.test_clips} test clips -> {out / 'data'}", flush=True)
     timed("corpus and data prep", lambda: make_data(out / "data", plan.train_clips, plan.test_clips, 0, spec, media,
                                                     workers=workers, progress=progress))
-    for b in plan.bases_seeds:
+    for src in imports:
+        record = import_block(Path(src), out, plan)
+        say(f"      imported block {record['block']} (joint seeds {record['seeds']}) from {src}", flush=True)
+    for b in block_bases(plan, block):
         say(f"[2/5] bases seed {b}: autoencoders {plan.vae_steps} steps, UNets {plan.unet_steps} steps", flush=True)
         timed("bases", lambda: make_bases(out / "data", out / "bases" / f"seed{b}", plan.vae_steps, plan.unet_steps,
                                           seed=b, batch_size=plan.batch_size))
     spec_d = asdict(spec)
-    say(f"[3/5] training {len(VARIANTS) - 1} variants x {len(plan.seeds)} seeds, {plan.train_steps} steps each",
-        flush=True)
-    results = {}
-    for seed in plan.seeds:
+    say(f"[3-4/5] per joint seed {list(seeds)}: {len(VARIANTS) - 1} variants trained {plan.train_steps} steps, then "
+        f"held-out losses and {plan.samples} test prompts per variant x gamma, measured", flush=True)
+    for seed in seeds:
         for variant in VARIANTS:
-            results[variant, seed] = timed("training", lambda: train_variant(variant, seed, out, plan, spec_d))
-    say(f"[4/5] held-out losses, then {plan.samples} test prompts per variant x gamma x seed, measured", flush=True)
-    rows = []
-    for seed in plan.seeds:
+            timed("training", lambda: train_variant(variant, seed, out, plan, spec_d))
         for variant in VARIANTS:
-            rows += timed("held-out losses, sampling, measures",
-                          lambda: sample_and_measure(variant, seed, out, plan, spec_d, progress))
+            timed("held-out losses, sampling, measures", lambda: sample_and_measure(variant, seed, out, plan, spec_d,
+                                                                                   progress))
     say("[5/5] the real clips; report", flush=True)
     reference = timed("real clips", lambda: reference_rows(out, spec_d, plan))
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*_seed*_gamma*.json"))
+            if not p.name.endswith(".clips.json")]
+    rows = [r for r in rows if r["seed"] in plan.seeds and r["gamma"] in plan.gammas]
     liveness = [json.loads(p.read_text()) for p in sorted((out / "train").glob("*/seed*/liveness.json"))
                 if int(p.parent.name[4:]) in plan.seeds]
+    seconds = json.loads(times_file.read_text())
     files = write_report(out, rows, reference, liveness, plan, seconds)
     return Outcome(rows, reference, files)

@@ -113,7 +113,9 @@ def headline(summary: dict, plan: Plan) -> str:
 
 
 def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: list[dict], plan: Plan,
-                 stage_seconds: dict[str, float]) -> dict[str, Path]:
+                 stage_seconds: dict[str, dict[str, float]]) -> dict[str, Path]:
+    """``stage_seconds``: per part of the run ('block 0', 'all blocks', ...) the wall seconds of
+    each stage. A report over fewer joint seeds than the plan's says so in its title."""
     from svgen.fileio import write_json, write_text
 
     summary = summarise_rows(rows, plan)
@@ -124,14 +126,20 @@ def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: l
             live[v] = {"per_seed": recs, **{k: interval([r[k] for r in recs]) for k in
                                              ("cross_weight_delta", "cross_weight_rel", "encoder_weight_delta",
                                               "grad_norm_mean")}}
-    total = sum(stage_seconds.values())
+    total = sum(v for part in stage_seconds.values() for v in part.values())
+    present = sorted({r["seed"] for r in rows})
+    bases_present = sorted({plan.bases_of(s) for s in present})
+    partial = "" if present == sorted(plan.seeds) else (
+        f" (PARTIAL: joint seeds {present} of the plan's {list(plan.seeds)}, bases seeds {bases_present} of "
+        f"{list(plan.bases_seeds)})")
     write_json(out / "results.json", {
-        "seeds": list(plan.seeds), "bases_seeds": list(plan.bases_seeds), "primary_measure": PRIMARY_KEY,
+        "seeds": present, "bases_seeds": bases_present, "planned_seeds": list(plan.seeds),
+        "planned_bases_seeds": list(plan.bases_seeds), "primary_measure": PRIMARY_KEY,
         "headline": headline(summary, plan), "plan": asdict(plan), "stage_seconds": stage_seconds,
         "wall_seconds": total, "rows": rows, "reference": reference, "cross_weight_delta": live,
         "summary": summary}, indent=1)
-    lines = [f"# Ablation result: {len(plan.seeds)} joint seeds on {len(plan.bases_seeds)} bases seeds, "
-             f"{plan.train_steps} training steps, {plan.samples} test prompts, {plan.sample_steps} DDIM steps", "",
+    lines = [f"# Ablation result: {len(present)} joint seeds on {len(bases_present)} bases seeds, "
+             f"{plan.train_steps} training steps, {plan.samples} test prompts, {plan.sample_steps} DDIM steps{partial}", "",
              "**Primary (onset-impact F1 at one frame, minus its density-matched null):** " + headline(summary, plan),
              "", "## Primary measure per variant (mean over seeds ± 95 % t-interval)", "",
              "| variant | gamma | F1 | null | excess | excess: t p, sign |", "|---|---|---|---|---|---|"]
@@ -177,8 +185,9 @@ def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: l
         if "impact_recall" in r:
             lines += ["", f"Visual-impact detector on the real test clips: recall {r['impact_recall']:.2f}, "
                           f"precision {r['impact_precision']:.2f} against the ground truth."]
-    lines += ["", "## Wall time (measured)", "", "| stage | minutes |", "|---|---|"]
-    lines += [f"| {k} | {v / 60:.1f} |" for k, v in stage_seconds.items()] + [f"| total | {total / 60:.1f} |"]
+    lines += ["", "## Wall time (measured)", "", "| part | stage | minutes |", "|---|---|---|"]
+    lines += [f"| {part} | {k} | {v / 60:.1f} |" for part, stages in stage_seconds.items() for k, v in stages.items()]
+    lines += [f"| total | | {total / 60:.1f} |"]
     write_text(out / "results.md", "\n".join(lines) + "\n")
     plot(out / "results.png", summary, reference, plan)
     return {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
@@ -205,7 +214,8 @@ def plot(path: Path, summary: dict, reference: list[dict], plan: Plan) -> None:
             ax.axhline(r[PRIMARY_KEY], color="k", linestyle="--", linewidth=1, label="real clips")
     ax.set_xticks(range(len(items)), labels, fontsize=7)
     ax.set_title("onset-impact F1 minus its chance null (higher is better; 0 = chance)", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
