@@ -130,3 +130,127 @@ def test_chunked_launch_matches_reference(monkeypatch, tile, programs):
     args = _inputs(shape, torch.float32)
     _close(_run(triton_cmcpe.norm_add_embedding_triton, *args, "linear"),
            _run(norm_add_embedding_reference, *args, "linear"), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEGLU (issue 23): the Triton kernels, the svgen::geglu operator and the models' swap
+
+
+GLU_SHAPES = [(1, 1), (3, 7), (2, 5, 1000), (4, 1030)]  # (..., I): odd widths, one past a block
+
+
+def _glu_inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(*shape[:-1], 2 * shape[-1], generator=g) * 2).to(DEV, dtype)
+    dy = torch.randn(*shape, generator=g).to(DEV, dtype)
+    return x, dy
+
+
+@pytest.mark.parametrize("shape", GLU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_geglu_triton_matches_reference(shape, dtype):
+    from svgen.kernels.reference import geglu_backward_reference, geglu_reference
+
+    triton_glu = pytest.importorskip("svgen.kernels.triton_glu")
+    x, dy = _glu_inputs(shape, dtype)
+    y = triton_glu.geglu_forward_triton(x)
+    ref = geglu_reference(x.float())
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert (y.float() - ref).abs().max() / ref.abs().max().clamp_min(1) <= TOL[dtype]
+    xr = x.float().requires_grad_(True)
+    (geglu_reference(xr) * dy.float()).sum().backward()
+    dx = triton_glu.geglu_backward_triton(dy, x)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert (dx.float() - xr.grad).abs().max() / xr.grad.abs().max().clamp_min(1) <= TOL[dtype]
+    # The hand-written backward of the reference (the CPU operator's) agrees with autograd too.
+    assert torch.allclose(geglu_backward_reference(dy.float(), x.float()), xr.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_geglu_triton_reads_strided_rows():
+    """A projection sliced out of a wider one: rows with a stride, the width unit-stride."""
+    triton_glu = pytest.importorskip("svgen.kernels.triton_glu")
+    from svgen.kernels.reference import geglu_reference
+
+    wide = torch.randn(6, 50, device=DEV)
+    x = wide[:, 3:43]  # (6, 40): row stride 50
+    assert not x.is_contiguous()
+    assert torch.allclose(triton_glu.geglu_forward_triton(x), geglu_reference(x), atol=2e-6)
+    dy = torch.randn(6, 20, device=DEV)
+    xr = x.detach().clone().requires_grad_(True)
+    (geglu_reference(xr) * dy).sum().backward()
+    assert torch.allclose(triton_glu.geglu_backward_triton(dy, x), xr.grad, atol=2e-6)
+
+
+def test_geglu_operator_matches_autograd_and_moves_one_pass_on_meta():
+    from svgen.kernels import geglu
+    from svgen.kernels.reference import geglu_reference
+
+    x = torch.randn(3, 4, 26, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(3, 4, 13, dtype=torch.float64)
+    (g_op,) = torch.autograd.grad((geglu(x, kernel="triton") * dy).sum(), x)
+    (g_ref,) = torch.autograd.grad((geglu_reference(x) * dy).sum(), x)
+    assert torch.allclose(geglu(x, kernel="triton"), geglu_reference(x), atol=1e-12)
+    assert torch.allclose(g_op, g_ref, atol=1e-5)
+    # One operator each way on the meta device (what profile_step.py counts)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    xm = torch.empty(2, 8, 64, device="meta", requires_grad=True)
+    with Ops() as ops:
+        y = geglu(xm, kernel="triton")
+        y.backward(torch.empty_like(y))
+    assert y.shape == (2, 8, 32) and xm.grad.shape == xm.shape
+    assert [n for n in ops.seen if n not in ("ones_like", "empty_like", "detach")] == ["geglu", "geglu_backward"]
+
+
+def test_models_geglus_swap_to_the_kernel_with_the_same_weights_and_outputs():
+    from diffusers.models.attention import FeedForward
+
+    from svgen.models.encoders import TokenShiftFeedForward
+    from svgen.models.fusion import FusedGEGLU, fuse_glue
+
+    torch.manual_seed(0)
+    ff, shift = FeedForward(16, activation_fn="geglu"), TokenShiftFeedForward(12)
+    nn_ = torch.nn.ModuleList([ff, shift])
+    keys = list(nn_.state_dict())
+    x, xs = torch.randn(2, 5, 16), torch.randn(1, 3, 2, 2, 12)
+    before = ff(x), shift(xs)
+    assert fuse_glue([nn_], "triton")["geglu"] == 2
+    assert type(ff.net[0]) is FusedGEGLU and ff.net[0].kernel == "triton" and shift.glu_kernel == "triton"
+    assert list(nn_.state_dict()) == keys
+    after = ff(x), shift(xs)
+    for b, a in zip(before, after):
+        assert torch.allclose(a, b, atol=1e-6)
+    # gradients flow to the projection through the operator
+    ff(x).sum().backward()
+    assert ff.net[0].proj.weight.grad is not None and ff.net[0].proj.weight.grad.abs().sum() > 0
+
+
+def test_unit_output_scales_are_skipped_bit_identically_and_others_kept():
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from svgen.models.fusion import UNIT, fuse_glue
+
+    torch.manual_seed(0)
+    res, attn, halved = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=16, groups=4), \
+        Attention(8, heads=2, dim_head=4), ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=16, groups=4,
+                                                         output_scale_factor=2.0)
+    x, temb, seq = torch.randn(2, 8, 4, 4), torch.randn(2, 16), torch.randn(2, 6, 8)
+    before = res(x, temb), attn(seq), halved(x, temb)
+    counts = fuse_glue([torch.nn.ModuleList([res, attn, halved])], "reference")
+    assert counts == {"geglu": 0, "unit_scales": 2}
+    assert res.output_scale_factor is UNIT and attn.rescale_output_factor is UNIT and halved.output_scale_factor == 2.0
+    t = torch.randn(3)
+    assert (t / UNIT) is t and float(UNIT) == 1.0 and UNIT == 1.0
+    after = res(x, temb), attn(seq), halved(x, temb)
+    for b, a in zip(before, after):
+        assert torch.equal(a, b)

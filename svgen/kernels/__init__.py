@@ -1,9 +1,11 @@
-"""The CMC-PE hot path: LayerNorm of the hidden tokens plus the other modality's embedding,
-resampled along time and broadcast over space/frequency (docs/method.md, "Added modules" 3).
+"""Fused kernels of the training step's hot paths. The CMC-PE op: LayerNorm of the hidden tokens
+plus the other modality's embedding, resampled along time and broadcast over space/frequency
+(docs/method.md, "Added modules" 3).
 
-``norm_add_embedding`` dispatches to an implementation chosen by config and device.
+``norm_add_embedding`` dispatches to an implementation chosen by config and device; so does
+``geglu``, the gated feed-forward activation of the bases, motion modules, encoders and blocks.
 """
 
-from svgen.kernels.dispatch import norm_add_embedding, resolve_kernel
+from svgen.kernels.dispatch import geglu, norm_add_embedding, resolve_kernel
 
-__all__ = ["norm_add_embedding", "resolve_kernel"]
+__all__ = ["geglu", "norm_add_embedding", "resolve_kernel"]

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from svgen.kernels.reference import norm_add_embedding_reference
+from svgen.kernels.reference import geglu_reference, norm_add_embedding_reference
 
 log = logging.getLogger(__name__)
 _compiled = None
@@ -53,3 +53,15 @@ def norm_add_embedding(x: torch.Tensor, emb: torch.Tensor, weight: torch.Tensor,
     from svgen.kernels.triton_cmcpe import norm_add_embedding_triton
 
     return norm_add_embedding_triton(x, emb, weight, bias, eps=eps, mode=mode)
+
+
+def geglu(x: torch.Tensor, *, kernel: str = "auto") -> torch.Tensor:
+    """h * GELU(gate) for x = [h ; gate] (..., 2I) -> (..., I): one fused operator
+    (``torch.ops.svgen.geglu``: Triton on CUDA) for 'triton', PyTorch's GELU and multiply for
+    'reference' (and inside a compiled region, where the compiler fuses them itself)."""
+    impl = resolve_kernel(kernel, x.device)
+    if impl == "triton":
+        from svgen.kernels.glu_op import geglu_op
+
+        return geglu_op(x)
+    return geglu_reference(x)

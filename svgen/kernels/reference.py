@@ -36,3 +36,20 @@ def norm_add_embedding_reference(x: torch.Tensor, emb: torch.Tensor, weight: tor
     e = resample_time(emb.float(), x.shape[1], mode)
     a = u + e[:, :, None, :]
     return u.to(x.dtype), a.to(x.dtype)
+
+
+def geglu_reference(x: torch.Tensor) -> torch.Tensor:
+    """GEGLU of a projection: x (..., 2I) = [h ; gate] -> h * GELU(gate) (exact, erf), (..., I);
+    as diffusers' GEGLU after its Linear."""
+    h, gate = x.chunk(2, dim=-1)
+    return h * F.gelu(gate)
+
+
+def geglu_backward_reference(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d(loss)/dx of ``geglu_reference`` given d(loss)/d(output), computed in fp32 and cast back:
+    [grad * GELU(gate) ; grad * h * GELU'(gate)], GELU'(g) = Phi(g) + g phi(g)."""
+    h, gate = x.float().chunk(2, dim=-1)
+    g = grad.float()
+    cdf = 0.5 * (1.0 + torch.erf(gate * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * gate * gate) * 0.3989422804014327
+    return torch.cat([g * gate * cdf, g * h * (cdf + gate * pdf)], dim=-1).to(x.dtype)

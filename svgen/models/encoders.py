@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from svgen.kernels import geglu
 from svgen.models.cmcpe import _groups
 
 
@@ -153,6 +154,9 @@ class TokenShiftFeedForward(nn.Module):
     """GEGLU feed-forward (inner width 8/3 x C) over channels whose hidden half-channels are
     shifted one frame forward in time, then channel norm (gain only) and projection."""
 
+    glu_kernel: str = "auto"
+    """Implementation of h * GELU(gate) (svgen.kernels.geglu; set by models.fusion.fuse_glue)."""
+
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         inner = int(dim * mult * 2 / 3)
@@ -162,8 +166,7 @@ class TokenShiftFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, W, C) -> same shape."""
-        h, gate = self.proj_in(x).chunk(2, dim=-1)
-        h = h * F.gelu(gate)  # in the compute dtype (GELU accumulates in fp32 inside its kernel)
+        h = geglu(self.proj_in(x), kernel=self.glu_kernel)  # in the compute dtype, fp32 inside the kernel
         # The second half of the channels moves one frame forward in time (frame k gets frame
         # k-1, zeros first), in place on the product: one copy of that half, where padding and
         # concatenating made two passes over the whole tensor (issue 23).

@@ -16,6 +16,7 @@ from svgen.config import ModelConfig
 from svgen.models.bases import AudioBase, VideoBase
 from svgen.models.cmcpe import make_block
 from svgen.models.encoders import EnvironmentEncoder
+from svgen.models.fusion import fuse_glue
 from svgen.models.unet_runner import AudioUNetRunner, VideoUNetRunner
 
 
@@ -109,6 +110,7 @@ class JointModel(nn.Module):
                 blocks[key] = make_block(c.mode, width, e.context_dim, head_dim=c.head_dim, depth=c.depth,
                                          per_frame=modality == "v", resample=c.resample, kernel=c.kernel,
                                          context_norm=c.xattn_context_norm, seconds=seconds)
+        fuse_glue([audio.unet, video.unet, self], cfg.glu_kernel)
         audio.unet.requires_grad_(False)
         video.unet.requires_grad_(False)
         audio.unet.eval()
