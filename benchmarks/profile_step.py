@@ -276,9 +276,9 @@ def main() -> None:
     ap.add_argument("--size", default="full-size", help="benchmarks/common.py size (default: the paper's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        # What a GPU runs: the fused GEGLU operator (one op each way on meta tensors); the CMC-PE
+        # What a GPU runs: the fused glue operators (one op each way on meta tensors); the CMC-PE
         # op's Triton autograd function cannot run on meta, so its reference maths is counted.
-        cfg, _ = bench_config(args.size, Path(tmp), ["model.cmcpe.kernel=reference", "model.glu_kernel=triton",
+        cfg, _ = bench_config(args.size, Path(tmp), ["model.cmcpe.kernel=reference", "model.glue_kernel=triton",
                                                      *args.set])
         if (args.cuda or torch.cuda.is_available()) and torch.cuda.is_available():
             gpu_cfg, _ = bench_config(args.size, Path(tmp), args.set, bases=_bases(cfg))

@@ -168,11 +168,11 @@ class ModelConfig:
     """Cross-modal blocks."""
     base_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     """Storage and compute dtype of the frozen bases."""
-    glu_kernel: Literal["auto", "reference", "compile", "triton"] = "auto"
-    """Implementation of every GEGLU feed-forward (the bases', the motion modules', the encoders'
-    and the cross-modal blocks'): 'auto' takes one fused Triton kernel on CUDA (forward and
-    backward; benchmarks/profile_step.py counts the bytes it saves), PyTorch's ops elsewhere and
-    inside compiled regions."""
+    glue_kernel: Literal["auto", "reference", "compile", "triton"] = "auto"
+    """Implementation of the fused glue of the step: every GEGLU feed-forward (the bases', the
+    motion modules', the encoders' and the cross-modal blocks') and every resnet's GroupNorm +
+    SiLU. 'auto' takes one fused Triton kernel each way on CUDA (benchmarks/profile_step.py
+    counts the bytes they save), PyTorch's ops elsewhere and inside compiled regions."""
     train_motion_modules: bool = True
     """Also train the video motion modules (about 453 M at the real size): the reference code does,
     and it produced the published checkpoint; false keeps both base UNets frozen whole."""

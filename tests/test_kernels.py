@@ -223,8 +223,9 @@ def test_models_geglus_swap_to_the_kernel_with_the_same_weights_and_outputs():
     keys = list(nn_.state_dict())
     x, xs = torch.randn(2, 5, 16), torch.randn(1, 3, 2, 2, 12)
     before = ff(x), shift(xs)
-    assert fuse_glue([nn_], "triton")["geglu"] == 2
-    assert type(ff.net[0]) is FusedGEGLU and ff.net[0].kernel == "triton" and shift.glu_kernel == "triton"
+    counts = fuse_glue([nn_], "triton")
+    assert counts["geglu"] == 1 and counts["modules"] == 1
+    assert type(ff.net[0]) is FusedGEGLU and ff.net[0].kernel == "triton" and shift.glue_kernel == "triton"
     assert list(nn_.state_dict()) == keys
     after = ff(x), shift(xs)
     for b, a in zip(before, after):
@@ -247,10 +248,96 @@ def test_unit_output_scales_are_skipped_bit_identically_and_others_kept():
     x, temb, seq = torch.randn(2, 8, 4, 4), torch.randn(2, 16), torch.randn(2, 6, 8)
     before = res(x, temb), attn(seq), halved(x, temb)
     counts = fuse_glue([torch.nn.ModuleList([res, attn, halved])], "reference")
-    assert counts == {"geglu": 0, "unit_scales": 2}
+    assert counts == {"geglu": 0, "resnets": 2, "modules": 0, "unit_scales": 2}
     assert res.output_scale_factor is UNIT and attn.rescale_output_factor is UNIT and halved.output_scale_factor == 2.0
     t = torch.randn(3)
     assert (t / UNIT) is t and float(UNIT) == 1.0 and UNIT == 1.0
     after = res(x, temb), attn(seq), halved(x, temb)
     for b, a in zip(before, after):
         assert torch.equal(a, b)
+
+
+# GroupNorm + SiLU (issue 23)
+
+GN_SHAPES = [((2, 8, 5, 3), 4), ((1, 6, 7), 3), ((3, 4, 1100), 2), ((1, 32, 2, 2, 2), 32)]  # (x shape, groups)
+
+
+@pytest.mark.parametrize("shape,groups", GN_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_norm_silu_triton_matches_reference(shape, groups, dtype):
+    triton_gn = pytest.importorskip("svgen.kernels.triton_gn")
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(*shape, generator=g) * 3 + 1).to(DEV, dtype)
+    w = (1 + 0.3 * torch.randn(shape[1], generator=g)).to(DEV, dtype)
+    b = (0.2 * torch.randn(shape[1], generator=g)).to(DEV, dtype)
+    dy = torch.randn(*shape, generator=g).to(DEV, dtype)
+    y, mean, rstd = triton_gn.group_norm_silu_forward_triton(x, w, b, groups, 1e-5)
+    xr, wr, br = (t.float().requires_grad_(True) for t in (x, w, b))
+    ref = F.silu(F.group_norm(xr, groups, wr, br, 1e-5))
+    (ref * dy.float()).sum().backward()
+    assert y.dtype == dtype and mean.shape == (shape[0] * groups,)
+    for name, got, want in (("y", y, ref.detach()),) + tuple(zip(
+            ("dx", "dw", "db"), triton_gn.group_norm_silu_backward_triton(dy, x, w, b, mean, rstd, groups),
+            (xr.grad, wr.grad, br.grad))):
+        err = (got.float() - want).abs().max() / want.abs().max().clamp_min(1)
+        assert err <= TOL[dtype] * (4 if name in ("dw", "db") else 1), f"{name}: {err:.2e}"
+
+
+def test_group_norm_silu_operator_matches_autograd_and_is_one_op_each_way_on_meta():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from svgen.kernels import group_norm_silu
+
+    norm = torch.nn.GroupNorm(3, 6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    got = group_norm_silu(x, norm, kernel="triton")
+    want = F.silu(norm(x))
+    assert torch.allclose(got, want, atol=1e-6)
+    g_got = torch.autograd.grad((got * dy).sum(), [x, norm.weight, norm.bias])
+    g_want = torch.autograd.grad((want * dy).sum(), [x, norm.weight, norm.bias])
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-5)
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    frozen = torch.nn.GroupNorm(4, 8, device="meta").requires_grad_(False)
+    xm = torch.empty(2, 8, 3, 3, device="meta", requires_grad=True)
+    with Ops() as ops:
+        y = group_norm_silu(xm, frozen, kernel="triton")
+        y.backward(torch.empty_like(y))
+    assert xm.grad.shape == xm.shape and frozen.weight.grad is None
+    assert [n for n in ops.seen if n not in ("ones_like", "empty_like", "detach")] == \
+        ["group_norm_silu", "group_norm_silu_backward"]
+
+
+@pytest.mark.parametrize("channels", [(8, 8), (8, 16)])
+def test_fused_resnet_block_is_diffusers_block(channels):
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from svgen.models.fusion import FusedResnetBlock2D, fuse_glue
+
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=channels[0], out_channels=channels[1], temb_channels=12, groups=4)
+    with torch.no_grad():
+        block.conv2.weight.normal_()  # not the zero init: every path shows in the output
+    x, temb = torch.randn(2, channels[0], 5, 5, requires_grad=True), torch.randn(2, 12)
+    want = block(x, temb)
+    (gx_want,) = torch.autograd.grad(want.sum(), x)
+    fuse_glue([block], "auto")
+    assert type(block) is FusedResnetBlock2D
+    got = block(x, temb)  # CPU: PyTorch's own ops in the same order, bit for bit
+    assert torch.equal(got, want)
+    block.kernel = "triton"  # the fused operator (its PyTorch implementation on CPU)
+    got = block(x, temb)
+    (gx_got,) = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(gx_got, gx_want, atol=1e-4)

@@ -3,9 +3,10 @@ plus the other modality's embedding, resampled along time and broadcast over spa
 (docs/method.md, "Added modules" 3).
 
 ``norm_add_embedding`` dispatches to an implementation chosen by config and device; so does
-``geglu``, the gated feed-forward activation of the bases, motion modules, encoders and blocks.
+``geglu`` (the gated feed-forward activation of the bases, motion modules, encoders and blocks)
+and ``group_norm_silu`` (the resnets' norm and activation).
 """
 
-from svgen.kernels.dispatch import geglu, norm_add_embedding, resolve_kernel
+from svgen.kernels.dispatch import geglu, group_norm_silu, norm_add_embedding, resolve_kernel
 
-__all__ = ["geglu", "norm_add_embedding", "resolve_kernel"]
+__all__ = ["geglu", "group_norm_silu", "norm_add_embedding", "resolve_kernel"]

@@ -61,7 +61,19 @@ def geglu(x: torch.Tensor, *, kernel: str = "auto") -> torch.Tensor:
     'reference' (and inside a compiled region, where the compiler fuses them itself)."""
     impl = resolve_kernel(kernel, x.device)
     if impl == "triton":
-        from svgen.kernels.glu_op import geglu_op
+        from svgen.kernels.ops import geglu_op
 
         return geglu_op(x)
     return geglu_reference(x)
+
+
+def group_norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, *, kernel: str = "auto") -> torch.Tensor:
+    """SiLU(norm(x)) for an affine GroupNorm ``norm``: one fused operator
+    (``torch.ops.svgen.group_norm_silu``: Triton on CUDA) for 'triton', PyTorch's group norm and
+    SiLU (in the input's dtype, as eager code runs them) otherwise."""
+    impl = resolve_kernel(kernel, x.device)
+    if impl == "triton" and norm.affine:
+        from svgen.kernels.ops import group_norm_silu_op
+
+        return group_norm_silu_op(x, norm.weight, norm.bias, norm.num_groups, norm.eps)[0]
+    return torch.nn.functional.silu(norm(x))

@@ -53,3 +53,28 @@ def geglu_backward_reference(grad: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     cdf = 0.5 * (1.0 + torch.erf(gate * 0.7071067811865476))
     pdf = torch.exp(-0.5 * gate * gate) * 0.3989422804014327
     return torch.cat([g * gate * cdf, g * h * (cdf + gate * pdf)], dim=-1).to(x.dtype)
+
+
+def group_norm_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, groups: int,
+                              eps: float = 1e-5) -> torch.Tensor:
+    """SiLU(GroupNorm(x)) over (N, C, ...), statistics in fp32 as the fused kernel keeps them."""
+    return F.silu(F.group_norm(x.float(), groups, weight.float(), bias.float(), eps)).to(x.dtype)
+
+
+def group_norm_silu_backward_reference(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                                       groups: int, eps: float = 1e-5
+                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) of ``group_norm_silu_reference``, in fp32 and cast back."""
+    n, c = x.shape[:2]
+    xg = x.float().reshape(n, groups, -1)
+    var, mean = torch.var_mean(xg, dim=-1, unbiased=False, keepdim=True)
+    rstd = (var + eps).rsqrt()
+    xhat = ((xg - mean) * rstd).reshape(n, c, -1)
+    z = xhat * weight.float()[:, None] + bias.float()[:, None]
+    s = torch.sigmoid(z)
+    dz = dy.float().reshape(n, c, -1) * s * (1 + z * (1 - s))
+    dweight, dbias = (dz * xhat).sum(dim=(0, 2)), dz.sum(dim=(0, 2))
+    dxhat = (dz * weight.float()[:, None]).reshape(n, groups, -1)
+    xh = xhat.reshape(n, groups, -1)
+    dx = rstd * (dxhat - dxhat.mean(-1, keepdim=True) - xh * (dxhat * xh).mean(-1, keepdim=True))
+    return dx.reshape(x.shape).to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype)

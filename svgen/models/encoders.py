@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from svgen.kernels import geglu
+from svgen.kernels import geglu, group_norm_silu
 from svgen.models.cmcpe import _groups
 
 
@@ -41,6 +41,9 @@ class EnvResBlock(nn.Module):
     """GN-SiLU-conv3x3 (in -> out), + Linear(SiLU(temb)), GN-SiLU-zero conv3x3; skip conv1x1
     when the width changes."""
 
+    glue_kernel: str = "auto"
+    """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
+
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
@@ -51,9 +54,9 @@ class EnvResBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(group_norm_silu(x, self.norm1, kernel=self.glue_kernel))
         h = h + self.temb(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(group_norm_silu(h, self.norm2, kernel=self.glue_kernel))
         return self.skip(x) + h
 
 
@@ -154,7 +157,7 @@ class TokenShiftFeedForward(nn.Module):
     """GEGLU feed-forward (inner width 8/3 x C) over channels whose hidden half-channels are
     shifted one frame forward in time, then channel norm (gain only) and projection."""
 
-    glu_kernel: str = "auto"
+    glue_kernel: str = "auto"
     """Implementation of h * GELU(gate) (svgen.kernels.geglu; set by models.fusion.fuse_glue)."""
 
     def __init__(self, dim: int, mult: int = 4):
@@ -166,7 +169,7 @@ class TokenShiftFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, W, C) -> same shape."""
-        h = geglu(self.proj_in(x), kernel=self.glu_kernel)  # in the compute dtype, fp32 inside the kernel
+        h = geglu(self.proj_in(x), kernel=self.glue_kernel)  # in the compute dtype, fp32 inside the kernel
         # The second half of the channels moves one frame forward in time (frame k gets frame
         # k-1, zeros first), in place on the product: one copy of that half, where padding and
         # concatenating made two passes over the whole tensor (issue 23).
@@ -190,6 +193,9 @@ class SpatioTemporalBlock(nn.Module):
     """Video only, after each encoder ResBlock: temporal attention, token-shift feed-forward and a
     frame-shift ResBlock (GN-SiLU-zero conv3x3 per frame, then channel groups shifted in time)."""
 
+    glue_kernel: str = "auto"
+    """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
+
     def __init__(self, dim: int, heads: int, fps: float, temporal_norm: str = "time"):
         super().__init__()
         self.attn = TemporalAttention(dim, heads, fps, temporal_norm)
@@ -206,13 +212,16 @@ class SpatioTemporalBlock(nn.Module):
         y = y + self.ff(y)
         x = rearrange(y, "b t h w c -> b c t h w")
         frames = rearrange(x, "b c t h w -> (b t) c h w")
-        h = self.shift_conv(F.silu(self.shift_norm(frames)))
+        h = self.shift_conv(group_norm_silu(frames, self.shift_norm, kernel=self.glue_kernel))
         return x + frame_shift(rearrange(h, "(b t) c h w -> b c t h w", b=b))
 
 
 class EnvironmentEncoder(nn.Module):
     """Audio: input (B, 2C, T, F), time on axis 2. Video: input (B, 2C, T, H, W), convolutions per
     frame (downsampling space only, all frames kept) and spatio-temporal blocks across frames."""
+
+    glue_kernel: str = "auto"
+    """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
 
     def __init__(self, in_channels: int, base_width: int, context_dim: int, temb_dim: int, video: bool,
                  fps: float = 8.0, temporal_heads: int = 8, temporal_norm: str = "time"):
@@ -235,7 +244,7 @@ class EnvironmentEncoder(nn.Module):
         temb = temb.to(self.conv_in.weight.dtype)
         if not self.video:
             y = self.res2(self.down(self.res1(self.conv_in(x), temb)), temb)
-            y = self.conv_out(F.silu(self.norm_out(y)))
+            y = self.conv_out(group_norm_silu(y, self.norm_out, kernel=self.glue_kernel))
             return normalize_over_time(y.mean(dim=3))                     # pool frequency: (B, C, T')
         b, t = x.shape[0], x.shape[2]
         per_frame = lambda y: rearrange(y, "b c t h w -> (b t) c h w")    # noqa: E731
@@ -243,7 +252,7 @@ class EnvironmentEncoder(nn.Module):
         temb = temb.repeat_interleave(t, dim=0)
         y = self.st1(per_clip(self.res1(self.conv_in(per_frame(x)), temb)))
         y = self.st2(per_clip(self.res2(self.down(per_frame(y)), temb)))
-        y = self.conv_out(F.silu(self.norm_out(per_frame(y))))
+        y = self.conv_out(group_norm_silu(per_frame(y), self.norm_out, kernel=self.glue_kernel))
         return normalize_over_time(per_clip(y).mean(dim=(3, 4)))         # pool space: (B, C, T)
 
 

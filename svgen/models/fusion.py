@@ -1,10 +1,13 @@
 """Less glue in the training step's frozen bases and added modules (issue 23), maths unchanged.
 
-- Every GEGLU feed-forward on one implementation (``model.glu_kernel``): the bases' transformer
+- Every GEGLU feed-forward on one implementation (``model.glue_kernel``): the bases' transformer
   blocks, the AnimateDiff motion modules and the CMC-PE blocks use diffusers' ``GEGLU`` (Linear,
   then h * GELU(gate)); the video encoder's token-shift feed-forward has its own. They all go
   through ``svgen.kernels.geglu``: on CUDA one fused Triton kernel forward and one backward
   instead of PyTorch's GELU, multiplies and concatenation.
+- Every resnet's GroupNorm + SiLU likewise through ``svgen.kernels.group_norm_silu`` (the bases'
+  ``ResnetBlock2D`` in its plain form, and the encoders'), so the normalised tensor is never
+  written and read back.
 - diffusers divides every attention output by ``rescale_output_factor`` and every resnet output
   by ``output_scale_factor``, both 1.0 in SD-1.5, AnimateDiff and AudioLDM: a full read and write
   of the activation forward and again backward, for nothing. A factor of exactly 1 becomes
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.activations import GEGLU
+from diffusers.models.resnet import ResnetBlock2D
 
-from svgen.kernels import geglu
+from svgen.kernels import geglu, group_norm_silu
 
 
 class FusedGEGLU(GEGLU):
@@ -28,6 +32,31 @@ class FusedGEGLU(GEGLU):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return geglu(self.proj(hidden_states), kernel=self.kernel)
+
+
+class FusedResnetBlock2D(ResnetBlock2D):
+    """diffusers' ResnetBlock2D with both GroupNorm + SiLU pairs on ``svgen.kernels.group_norm_silu``
+    when the block has the plain form every base here uses (no up/down-sampling, the time
+    embedding added before norm2, SiLU); any other form runs diffusers' own forward."""
+
+    kernel: str = "auto"
+
+    def _plain(self) -> bool:
+        return (self.upsample is None and self.downsample is None and self.time_embedding_norm == "default"
+                and isinstance(self.nonlinearity, torch.nn.SiLU) and self.norm1.affine and self.norm2.affine)
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or not self._plain():
+            return super().forward(input_tensor, temb, *args, **kwargs)
+        h = self.conv1(group_norm_silu(input_tensor, self.norm1, kernel=self.kernel))
+        if self.time_emb_proj is not None and temb is not None:
+            t = temb if self.skip_time_act else self.nonlinearity(temb)
+            h = h + self.time_emb_proj(t)[:, :, None, None]
+        h = self.conv2(self.dropout(group_norm_silu(h, self.norm2, kernel=self.kernel)))
+        skip = input_tensor
+        if self.conv_shortcut is not None:
+            skip = self.conv_shortcut(input_tensor.contiguous() if self.training else input_tensor)
+        return (skip + h) / self.output_scale_factor
 
 
 class UnitScale:
@@ -53,21 +82,23 @@ UNIT = UnitScale()
 _UNIT_ATTRS = ("rescale_output_factor", "output_scale_factor")
 
 
-def fuse_glue(modules: list[torch.nn.Module], glu_kernel: str) -> dict[str, int]:
-    """Point every GEGLU under ``modules`` at ``glu_kernel`` and make every unit output scale
-    :data:`UNIT`; returns how many of each were changed."""
-    from svgen.models.encoders import TokenShiftFeedForward
-
-    counts = {"geglu": 0, "unit_scales": 0}
+def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
+    """Point every GEGLU and resnet GroupNorm + SiLU under ``modules`` at ``kernel`` and make every
+    unit output scale :data:`UNIT`; returns how many of each were changed."""
+    counts = {"geglu": 0, "resnets": 0, "modules": 0, "unit_scales": 0}
     for root in modules:
         for m in root.modules():
             if type(m) in (GEGLU, FusedGEGLU):
                 m.__class__ = FusedGEGLU
-                m.kernel = glu_kernel
+                m.kernel = kernel
                 counts["geglu"] += 1
-            elif isinstance(m, TokenShiftFeedForward):
-                m.glu_kernel = glu_kernel
-                counts["geglu"] += 1
+            elif type(m) in (ResnetBlock2D, FusedResnetBlock2D):
+                m.__class__ = FusedResnetBlock2D
+                m.kernel = kernel
+                counts["resnets"] += 1
+            elif hasattr(type(m), "glue_kernel"):  # svgen's own modules (encoders.py)
+                m.glue_kernel = kernel
+                counts["modules"] += 1
             for attr in _UNIT_ATTRS:
                 if isinstance(getattr(m, attr, None), (int, float)) and getattr(m, attr) == 1.0:
                     setattr(m, attr, UNIT)

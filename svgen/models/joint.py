@@ -110,7 +110,7 @@ class JointModel(nn.Module):
                 blocks[key] = make_block(c.mode, width, e.context_dim, head_dim=c.head_dim, depth=c.depth,
                                          per_frame=modality == "v", resample=c.resample, kernel=c.kernel,
                                          context_norm=c.xattn_context_norm, seconds=seconds)
-        fuse_glue([audio.unet, video.unet, self], cfg.glu_kernel)
+        fuse_glue([audio.unet, video.unet, self], cfg.glue_kernel)
         audio.unet.requires_grad_(False)
         video.unet.requires_grad_(False)
         audio.unet.eval()
