@@ -4,6 +4,7 @@ PyTorch reference, forward and backward, over odd shapes, dtypes, resample modes
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from svgen.kernels import norm_add_embedding
 from svgen.kernels.reference import norm_add_embedding_reference, resample_time
@@ -136,6 +137,18 @@ def test_chunked_launch_matches_reference(monkeypatch, tile, programs):
 # GEGLU (issue 23): the Triton kernels, the svgen::geglu operator and the models' swap
 
 
+class _Ops(TorchDispatchMode):
+    """The operators that run below autograd, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 GLU_SHAPES = [(1, 1), (3, 7), (2, 5, 1000), (4, 1030)]  # (..., I): odd widths, one past a block
 
 
@@ -192,19 +205,8 @@ def test_geglu_operator_matches_autograd_and_moves_one_pass_on_meta():
     assert torch.allclose(geglu(x, kernel="triton"), geglu_reference(x), atol=1e-12)
     assert torch.allclose(g_op, g_ref, atol=1e-5)
     # One operator each way on the meta device (what profile_step.py counts)
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     xm = torch.empty(2, 8, 64, device="meta", requires_grad=True)
-    with Ops() as ops:
+    with _Ops() as ops:
         y = geglu(xm, kernel="triton")
         y.backward(torch.empty_like(y))
     assert y.shape == (2, 8, 32) and xm.grad.shape == xm.shape
@@ -284,8 +286,6 @@ def test_group_norm_silu_triton_matches_reference(shape, groups, dtype):
 
 
 def test_group_norm_silu_operator_matches_autograd_and_is_one_op_each_way_on_meta():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from svgen.kernels import group_norm_silu
 
     norm = torch.nn.GroupNorm(3, 6).double()
@@ -301,18 +301,9 @@ def test_group_norm_silu_operator_matches_autograd_and_is_one_op_each_way_on_met
     for a, b in zip(g_got, g_want):
         assert torch.allclose(a, b, atol=1e-5)
 
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     frozen = torch.nn.GroupNorm(4, 8, device="meta").requires_grad_(False)
     xm = torch.empty(2, 8, 3, 3, device="meta", requires_grad=True)
-    with Ops() as ops:
+    with _Ops() as ops:
         y = group_norm_silu(xm, frozen, kernel="triton")
         y.backward(torch.empty_like(y))
     assert xm.grad.shape == xm.shape and frozen.weight.grad is None

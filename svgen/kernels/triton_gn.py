@@ -53,6 +53,17 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, C, L, G, eps, BL
 
 
 @triton.jit
+def _xhat_dz(x_ptr, dy_ptr, offs, m, mean, rstd, w, b):
+    """The normalised input and d(loss)/d(pre-activation) z = xhat * w + b, 0 where masked."""
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    xhat = (x - mean) * rstd
+    z = xhat * w + b
+    s = 1.0 / (1.0 + tl.exp(-z))
+    return xhat, tl.where(m, dy * s * (1.0 + z * (1.0 - s)), 0.0)
+
+
+@triton.jit
 def _bwd_kernel(dy_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, C, L, G,
                 BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -75,12 +86,7 @@ def _bwd_kernel(dy_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr,
         acc_b = tl.zeros([BLOCK], dtype=tl.float32)
         for i in range(0, L, BLOCK):
             m = i + offs < L
-            x = tl.load(x_ptr + row + i + offs, mask=m, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + row + i + offs, mask=m, other=0.0).to(tl.float32)
-            xhat = (x - mean) * rstd
-            z = xhat * w + b
-            s = 1.0 / (1.0 + tl.exp(-z))
-            dz = tl.where(m, dy * s * (1.0 + z * (1.0 - s)), 0.0)
+            xhat, dz = _xhat_dz(x_ptr, dy_ptr, row + i + offs, m, mean, rstd, w, b)
             acc_w += dz * xhat
             acc_b += dz
             sum_a += dz * w
@@ -96,13 +102,8 @@ def _bwd_kernel(dy_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr,
         row = base + c * L
         for i in range(0, L, BLOCK):
             m = i + offs < L
-            x = tl.load(x_ptr + row + i + offs, mask=m, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + row + i + offs, mask=m, other=0.0).to(tl.float32)
-            xhat = (x - mean) * rstd
-            z = xhat * w + b
-            s = 1.0 / (1.0 + tl.exp(-z))
-            dxhat = dy * s * (1.0 + z * (1.0 - s)) * w
-            dx = rstd * (dxhat - mean_a - xhat * mean_b)
+            xhat, dz = _xhat_dz(x_ptr, dy_ptr, row + i + offs, m, mean, rstd, w, b)
+            dx = rstd * (dz * w - mean_a - xhat * mean_b)
             tl.store(dx_ptr + row + i + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
