@@ -2,7 +2,7 @@
 # One short GPU session (under 9 minutes on an H100/H200, limits included): CUDA correctness of the fused kernels
 # (CMC-PE, GEGLU, GroupNorm + SiLU) and their speed against eager,
 # the training step's kernel-time profile by category (benchmarks/profile_step.py), then its MFU
-# (benchmarks/mfu.py) eager and with the fused optimizer at batch 8, and batch 16 with activation
+# (benchmarks/mfu.py) eager and with the fused glue operators at batch 8, and batch 16 with activation
 # checkpointing (does it fit in 80 GB?). Every step writes its log under $OUT (or ./runs/gpu_check); a failed or timed-out
 # step does not stop the next. Rows print as they are measured, so a cut step keeps its rows.
 #
@@ -39,8 +39,8 @@ step glue_kernels 40 python3 benchmarks/glue_kernels.py
 # launching site, one eager step at batch 8 (the CPU proxy, glue bytes per sample, runs anywhere).
 step profile 170 python3 benchmarks/profile_step.py --cuda --no-proxy --batch 8 --top 25
 # Each lever alone against eager at batch 8 (the first row is the baseline; every row also shows
-# its first loss against eager's).
-step mfu_levers 120 $MFU --batches 8 --levers eager,fused
+# its first loss against eager's): the fused glue operators (model.glue_kernel=triton).
+step mfu_levers 120 $MFU --batches 8 --levers eager,glue
 # Batch 16 with activation checkpointing as the trainer does it: the peak memory says whether it
 # fits an 80 GB card.
 step mfu_batch16 100 $MFU --batches 16 --levers ckpt --no-bases

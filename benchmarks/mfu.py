@@ -44,7 +44,7 @@ from svgen.train.perf import (Levers, apply_levers, attention_backend, card_peak
                               resolve_levers)
 
 OFF = ["train.perf.compile=off", "train.perf.channels_last=off", "train.perf.fused_optimizer=off",
-       "train.perf.attention=auto"]
+       "train.perf.attention=auto", "model.glue_kernel=reference"]
 LEVERS = {
     "eager": OFF,
     "channels_last": OFF + ["train.perf.channels_last=on"],
@@ -54,6 +54,7 @@ LEVERS = {
     "compile": OFF + ["train.perf.compile=on"],
     "cudagraphs": OFF + ["train.perf.compile=on", "train.perf.compile_mode=reduce-overhead"],
     "ckpt": OFF + ["train.parallel.activation_checkpointing=true"],
+    "glue": OFF + ["model.glue_kernel=triton"],  # the fused GEGLU and GroupNorm + SiLU operators
     "auto": [],  # the trainer's defaults for the device
 }
 

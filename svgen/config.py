@@ -168,11 +168,13 @@ class ModelConfig:
     """Cross-modal blocks."""
     base_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     """Storage and compute dtype of the frozen bases."""
-    glue_kernel: Literal["auto", "reference", "compile", "triton"] = "auto"
+    glue_kernel: Literal["auto", "reference", "compile", "triton"] = "reference"
     """Implementation of the fused glue of the step: every GEGLU feed-forward (the bases', the
     motion modules', the encoders' and the cross-modal blocks') and every resnet's GroupNorm +
-    SiLU. 'auto' takes one fused Triton kernel each way on CUDA (benchmarks/profile_step.py
-    counts the bytes they save), PyTorch's ops elsewhere and inside compiled regions."""
+    SiLU. 'triton' (and 'auto' on CUDA) runs one fused operator each way (Triton kernels on
+    CUDA, their PyTorch maths elsewhere; benchmarks/profile_step.py counts the bytes they save);
+    'reference' runs PyTorch's ops as diffusers does. The default stays 'reference' until the
+    kernels' speed is measured on a GPU (benchmarks/glue_kernels.py, mfu.py --levers eager,glue)."""
     train_motion_modules: bool = True
     """Also train the video motion modules (about 453 M at the real size): the reference code does,
     and it produced the published checkpoint; false keeps both base UNets frozen whole."""

@@ -41,7 +41,7 @@ class EnvResBlock(nn.Module):
     """GN-SiLU-conv3x3 (in -> out), + Linear(SiLU(temb)), GN-SiLU-zero conv3x3; skip conv1x1
     when the width changes."""
 
-    glue_kernel: str = "auto"
+    glue_kernel: str = "reference"
     """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int):
@@ -157,7 +157,7 @@ class TokenShiftFeedForward(nn.Module):
     """GEGLU feed-forward (inner width 8/3 x C) over channels whose hidden half-channels are
     shifted one frame forward in time, then channel norm (gain only) and projection."""
 
-    glue_kernel: str = "auto"
+    glue_kernel: str = "reference"
     """Implementation of h * GELU(gate) (svgen.kernels.geglu; set by models.fusion.fuse_glue)."""
 
     def __init__(self, dim: int, mult: int = 4):
@@ -193,7 +193,7 @@ class SpatioTemporalBlock(nn.Module):
     """Video only, after each encoder ResBlock: temporal attention, token-shift feed-forward and a
     frame-shift ResBlock (GN-SiLU-zero conv3x3 per frame, then channel groups shifted in time)."""
 
-    glue_kernel: str = "auto"
+    glue_kernel: str = "reference"
     """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
 
     def __init__(self, dim: int, heads: int, fps: float, temporal_norm: str = "time"):
@@ -220,7 +220,7 @@ class EnvironmentEncoder(nn.Module):
     """Audio: input (B, 2C, T, F), time on axis 2. Video: input (B, 2C, T, H, W), convolutions per
     frame (downsampling space only, all frames kept) and spatio-temporal blocks across frames."""
 
-    glue_kernel: str = "auto"
+    glue_kernel: str = "reference"
     """Implementation of GroupNorm + SiLU (svgen.kernels.group_norm_silu; set by fuse_glue)."""
 
     def __init__(self, in_channels: int, base_width: int, context_dim: int, temb_dim: int, video: bool,

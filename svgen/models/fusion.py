@@ -28,7 +28,7 @@ from svgen.kernels import geglu, group_norm_silu
 class FusedGEGLU(GEGLU):
     """diffusers' GEGLU with its activation on ``svgen.kernels.geglu`` (``kernel`` picks it)."""
 
-    kernel: str = "auto"
+    kernel: str = "reference"
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return geglu(self.proj(hidden_states), kernel=self.kernel)
@@ -39,7 +39,7 @@ class FusedResnetBlock2D(ResnetBlock2D):
     when the block has the plain form every base here uses (no up/down-sampling, the time
     embedding added before norm2, SiLU); any other form runs diffusers' own forward."""
 
-    kernel: str = "auto"
+    kernel: str = "reference"
 
     def _plain(self) -> bool:
         return (self.upsample is None and self.downsample is None and self.time_embedding_norm == "default"
