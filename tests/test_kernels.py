@@ -250,7 +250,7 @@ def test_unit_output_scales_are_skipped_bit_identically_and_others_kept():
     x, temb, seq = torch.randn(2, 8, 4, 4), torch.randn(2, 16), torch.randn(2, 6, 8)
     before = res(x, temb), attn(seq), halved(x, temb)
     counts = fuse_glue([torch.nn.ModuleList([res, attn, halved])], "reference")
-    assert counts == {"geglu": 0, "resnets": 2, "modules": 0, "unit_scales": 2}
+    assert counts == {"geglu": 0, "resnets": 2, "motion_norms": 0, "modules": 0, "unit_scales": 2}
     assert res.output_scale_factor is UNIT and attn.rescale_output_factor is UNIT and halved.output_scale_factor == 2.0
     t = torch.randn(3)
     assert (t / UNIT) is t and float(UNIT) == 1.0 and UNIT == 1.0

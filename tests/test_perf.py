@@ -60,9 +60,10 @@ def eager(system_factory):
     {"fused_optimizer": True},
     {"attention": "math"},
     {"attention": "efficient"},
-    # Every region of both UNets and every added module through dynamo's graph capture (guards,
+    # Every region of both UNets and every added module through dynamo's graph capture and
+    # aot_autograd's tracing (guards, functionalised forward and backward graphs,
     # grad and no-grad variants, recompiles per width); code generation is checked below.
-    {"compile": True, "compile_backend": "eager"},
+    {"compile": True, "compile_backend": "aot_eager"},
 ], ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
 def test_levers_keep_losses_and_weights(system_factory, eager, lever):
     from dataclasses import replace
@@ -131,6 +132,40 @@ def test_inductor_compiles_the_cmcpe_block_to_the_same_values():
     for n, grad in outs[0][2].items():
         torch.testing.assert_close(outs[1][2][n.replace("_orig_mod.", "")], grad, rtol=1e-3, atol=1e-6)
     assert compiled.state_dict().keys() == block.state_dict().keys()  # in-place: checkpoints unchanged
+
+
+def test_the_video_unets_mid_block_traces_whole_and_matches_eager(system_factory):
+    """What compile_regions does to a region of the video UNet (after fuse_glue: the unit scales
+    back to 1.0): aot_autograd traces the mid block (resnets, attention, motion module) with no
+    graph break (the unit-scale object broke 86 graphs of the tiny model; the motion module's
+    group norm of a permuted view crashed the CPU kernel once traced), with eager's values and
+    input gradients."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from svgen.models.fusion import plain_scales
+
+    unet = system_factory().video.unet
+    mid = unet.mid_block
+    eager = copy.deepcopy(mid)
+    assert plain_scales(mid) > 0
+    mid.compile(backend="aot_eager", dynamic=False)
+    g = torch.Generator().manual_seed(1)
+    frames, c = 4, unet.config.block_out_channels[-1]
+    x = torch.randn(2 * frames, c, 2, 2, generator=g)
+    temb = torch.randn(2 * frames, unet.time_embedding.linear_2.out_features, generator=g)
+    ctx = torch.randn(2 * frames, 3, unet.config.cross_attention_dim, generator=g)
+    counters.clear()
+    results = []
+    for m in (eager, mid):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi, temb, encoder_hidden_states=ctx, num_frames=frames)
+        y.square().mean().backward()
+        results.append((y.detach(), xi.grad))
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
 
 
 def test_auto_levers_follow_the_device():

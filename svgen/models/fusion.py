@@ -11,9 +11,12 @@
 - diffusers divides every attention output by ``rescale_output_factor`` and every resnet output
   by ``output_scale_factor``, both 1.0 in SD-1.5, AnimateDiff and AudioLDM: a full read and write
   of the activation forward and again backward, for nothing. A factor of exactly 1 becomes
-  :data:`UNIT`, whose division returns the tensor itself (bit-identical: x / 1.0 == x).
+  :data:`UNIT`, whose division returns the tensor itself (bit-identical: x / 1.0 == x). Regions
+  that torch.compile traces get 1.0 back (:func:`plain_scales`): the compiler fuses the division
+  into its neighbours, and the object would break its graph.
 
-Parameters and state_dict keys are unchanged.
+Parameters and state_dict keys are unchanged. The motion modules' group norm also gets a
+contiguous input (:class:`ContiguousGroupNorm`), so that torch.compile can trace them on CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.activations import GEGLU
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from svgen.kernels import geglu, group_norm_silu
 
@@ -59,6 +63,16 @@ class FusedResnetBlock2D(ResnetBlock2D):
         return (skip + h) / self.output_scale_factor
 
 
+class ContiguousGroupNorm(torch.nn.GroupNorm):
+    """GroupNorm of a contiguous copy of its input. AnimateDiff's motion modules normalise a
+    permuted (B, C, F, H, W) view; eager PyTorch copies it to contiguous inside group_norm, but a
+    traced graph (aot_autograd: torch.compile's inductor and aot_eager backends) hands the view
+    to the CPU kernel, which refuses it. The same copy either way: eager results are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 class UnitScale:
     """A scale factor of exactly 1 that dividing by skips: ``tensor / UNIT`` is ``tensor``."""
 
@@ -85,7 +99,7 @@ _UNIT_ATTRS = ("rescale_output_factor", "output_scale_factor")
 def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
     """Point every GEGLU and resnet GroupNorm + SiLU under ``modules`` at ``kernel`` and make every
     unit output scale :data:`UNIT`; returns how many of each were changed."""
-    counts = {"geglu": 0, "resnets": 0, "modules": 0, "unit_scales": 0}
+    counts = {"geglu": 0, "resnets": 0, "motion_norms": 0, "modules": 0, "unit_scales": 0}
     for root in modules:
         for m in root.modules():
             if type(m) in (GEGLU, FusedGEGLU):
@@ -96,6 +110,9 @@ def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
                 m.__class__ = FusedResnetBlock2D
                 m.kernel = kernel
                 counts["resnets"] += 1
+            elif type(m) is AnimateDiffTransformer3D and type(m.norm) is torch.nn.GroupNorm:
+                m.norm.__class__ = ContiguousGroupNorm
+                counts["motion_norms"] += 1
             elif hasattr(type(m), "glue_kernel"):  # svgen's own modules (encoders.py)
                 m.glue_kernel = kernel
                 counts["modules"] += 1
@@ -104,3 +121,15 @@ def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
                     setattr(m, attr, UNIT)
                     counts["unit_scales"] += 1
     return counts
+
+
+def plain_scales(module: torch.nn.Module) -> int:
+    """Give every :data:`UNIT` scale under ``module`` its float 1.0 back (before torch.compile
+    traces it: dynamo cannot put the object in a graph); returns how many."""
+    count = 0
+    for m in module.modules():
+        for attr in _UNIT_ATTRS:
+            if isinstance(getattr(m, attr, None), UnitScale):
+                setattr(m, attr, 1.0)
+                count += 1
+    return count

@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from svgen.config import PerfConfig
+from svgen.models.fusion import plain_scales
 from svgen.models.joint import JointModel
 from svgen.models.unet_runner import unet_blocks
 
@@ -91,6 +92,7 @@ def compile_regions(model: JointModel, mode: str = "default", added: bool = True
                 regions[f"{name}.{key}"] = block
     options = {"mode": mode} if backend == "inductor" else {}
     for module in regions.values():
+        plain_scales(module)  # the compiler fuses x / 1.0 away; the unit-scale object breaks graphs
         module.compile(backend=backend, dynamic=False, **options)
     return list(regions)
 
