@@ -16,10 +16,10 @@ HELD = {k: 0.1 for k in ("heldout_loss_audio", "heldout_loss_video", "heldout_mi
 
 
 def test_blocks_split_the_joint_seeds_by_bases_seed():
-    assert block_seeds(Plan(), 0) == (0, 1, 2, 3) and block_seeds(Plan(), 1) == (4, 5, 6, 7)
+    assert block_seeds(Plan(), 0) == (0, 1) and block_seeds(Plan(), 3) == (6, 7)
     assert block_seeds(Plan(), None) == Plan().seeds
-    with pytest.raises(ValueError, match="block 2 does not exist.*blocks 0 to 1"):
-        block_seeds(Plan(), 2)
+    with pytest.raises(ValueError, match="block 4 does not exist.*blocks 0 to 3"):
+        block_seeds(Plan(), 4)
 
 
 def _row(variant, seed, f1):

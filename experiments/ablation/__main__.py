@@ -3,7 +3,7 @@ cross-attention baselines, measured against chance?
 
     python -m experiments.ablation run --media SOUNDS --out runs/ablation          # everything, then the report
     python -m experiments.ablation run --media SOUNDS --out /tmp/abl --smoke       # every stage at toy size (CI)
-    python -m experiments.ablation run --media SOUNDS --out runs/abl0 --block 0    # one bases seed and its joint seeds
+    python -m experiments.ablation run --media SOUNDS --out runs/abl0 --block 0    # bases seed 0 and joint seeds 0-1
     python -m experiments.ablation save-block --out runs/abl0 --block 0 --to saved/block0
     python -m experiments.ablation run --media SOUNDS --out runs/abl1 --block 1 --with saved/block0   # report: both
     python -m experiments.ablation make-data --media SOUNDS --out runs/ablation/data
