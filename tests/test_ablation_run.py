@@ -129,6 +129,19 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" not in printed
     assert gone.is_file() and kept.stat().st_mtime_ns == stamp
 
+    # The context probe reads every trained variant of the finished run.
+    from experiments.ablation.__main__ import main
+
+    assert main(["probe", "--smoke", "--out", str(out), "--clips", "4"]) == 0
+    probed = json.loads((out / "probe.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in probed] == [(v, 0) for v in VARIANTS[1:]]
+    for r in probed:
+        assert r["clips"] == 4
+        for name in ("audio", "video"):
+            assert [x["level"] for x in r[name]] == [100, 500, 900]
+            for x in r[name]:
+                assert 0.0 < x["time_variation"] <= 1.0 and x["clip_specificity"] > 0.0
+
 
 def test_run_refuses_bad_sizes(capsys):
     from experiments.ablation.__main__ import main
@@ -146,3 +159,27 @@ def test_a_preempted_training_stops_the_ablation_instead_of_sampling_it(tmp_path
     spec = {"seconds": 2.0, "fps": 8, "size": 64, "sample_rate": 16000}
     with pytest.raises(SystemExit, match="cmcpe seed 0 stopped by SIGTERM at step 1 of 2; run the same command again"):
         train_variant("cmcpe", 0, tmp_path, Plan.smoke(), spec)
+
+
+def test_context_probe_figures_are_zero_without_timing_and_grow_with_it():
+    import torch
+
+    from experiments.ablation.probe import clip_specificity, time_variation
+
+    flat = torch.ones(1, 4, 16)
+    assert time_variation(flat) == 0.0 and clip_specificity(flat, flat.clone()) == 0.0
+    events = torch.zeros(1, 4, 16)
+    events[..., 3] = events[..., 9] = 1.0
+    other = torch.roll(events, 4, dims=-1)  # same material, other instants
+    assert time_variation(flat + 0.1 * events) < time_variation(flat + events)
+    assert clip_specificity(flat + 0.1 * events, flat + 0.1 * other) < clip_specificity(flat + events, flat + other)
+    assert clip_specificity(events, other) == pytest.approx(2 ** 0.5)
+
+
+def test_probe_without_a_finished_variant_says_what_to_run(tmp_path, capsys):
+    from experiments.ablation.__main__ import main
+
+    assert main(["probe", "--smoke", "--out", str(tmp_path)]) == 2
+    assert "run the ablation first" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["probe", "--out", str(tmp_path), "--clips", "1"])

@@ -6,6 +6,7 @@ cross-attention baselines, measured against chance?
     python -m experiments.ablation run --media SOUNDS --out runs/abl0 --block 0    # bases seed 0 and joint seeds 0-1
     python -m experiments.ablation save-block --out runs/abl0 --block 0 --to saved/block0
     python -m experiments.ablation run --media SOUNDS --out runs/abl1 --block 1 --with saved/block0   # report: both
+    python -m experiments.ablation probe --out runs/abl0                          # what each context carries
     python -m experiments.ablation make-data --media SOUNDS --out runs/ablation/data
     python -m experiments.ablation make-bases --data runs/ablation/data --out runs/ablation/bases/seed0
 
@@ -99,7 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--block", type=int, required=True, help="which block (bases seed number, 0-based)")
     sb.add_argument("--to", type=Path, required=True, help="a new folder for the saved block")
     _plan_arguments(sb)
+    pr = sub.add_parser("probe", help="what each trained variant's cross-modal context carries: how much the "
+                                      "environment encoders' pooled features vary in time and differ between "
+                                      "clips of the same material (writes probe.json under --out)")
+    pr.add_argument("--out", default="runs/ablation", help="the run's folder (default: %(default)s)")
+    pr.add_argument("--clips", type=int, default=16, help="test clips per variant x seed (default: %(default)s)")
+    _plan_arguments(pr)
     args = ap.parse_args(argv)
+    if args.command == "probe":
+        from dataclasses import asdict
+
+        from experiments.ablation.probe import probe
+
+        if args.clips < 2:
+            ap.error(f"--clips must be >= 2: each clip is compared with another of its material (got {args.clips})")
+        plan = _plan(ap, args)
+        try:
+            probe(Path(args.out), plan, asdict(Spec(seconds=plan.seconds)), clips=args.clips)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"probe: {Path(args.out) / 'probe.json'}")
+        return 0
     if args.command in ("run", "save-block"):
         plan = _plan(ap, args)
         if args.block is not None and not 0 <= args.block < len(plan.bases_seeds):
