@@ -57,8 +57,10 @@ def test_a_saved_block_joins_another_runs_report(tmp_path):
     _finished_block(first, 0)
     with pytest.raises(FileNotFoundError, match="block 1 of .* is not finished"):
         save_block(first, PLAN, 1, tmp_path / "nope")
+    # A probe record travels with its block where there is one (blocks run before the probe have none).
+    (first / "train" / "cmcpe" / "seed0" / "probe.json").write_text(json.dumps({"variant": "cmcpe", "seed": 0}))
     files = save_block(first, PLAN, 0, saved)
-    assert len(files) == 2 * len(VARIANTS) * 2 + len(VARIANTS) * 2 + len(TRAINED) * 2 + 1 + 3
+    assert len(files) == 2 * len(VARIANTS) * 2 + len(VARIANTS) * 2 + len(TRAINED) * 2 + 1 + 3 + 1
     assert json.loads((saved / "corpus.json").read_text()) == corpus_record(first / "data")
     assert not (saved / "data").exists()  # results only: no clips, shards or weights
     with pytest.raises(FileExistsError, match="not empty"):
@@ -70,6 +72,7 @@ def test_a_saved_block_joins_another_runs_report(tmp_path):
     rows = sorted((second / "rows").glob("cmcpe_seed*_gamma1.json"))
     assert [p.name for p in rows] == [f"cmcpe_seed{s}_gamma1.json" for s in range(4)]
     assert (second / "train" / "cmcpe" / "seed0" / "liveness.json").is_file()
+    assert json.loads((second / "train" / "cmcpe" / "seed0" / "probe.json").read_text())["seed"] == 0
     assert (second / "imported" / "bases" / "seed0" / "bases.json").is_file()
     assert not (second / "bases" / "seed0").exists()  # never mistaken for bases built here
     seconds = json.loads((second / "stage_seconds.json").read_text())

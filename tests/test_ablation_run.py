@@ -108,9 +108,15 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     for v, d in result["cross_weight_delta"].items():
         assert d["cross_weight_delta"]["mean"] > 0, v  # the cross-modal path moved
     assert "stage_seconds" in result and result["wall_seconds"] > 0
+    probe = result["context_probe"]
+    assert probe["level"] == 100 and sorted(probe["per_variant"]) == sorted(VARIANTS[1:])
+    assert [(r["variant"], r["seed"]) for r in probe["per_seed"]] == [(v, 0) for v in sorted(VARIANTS[1:])]
+    for d in probe["per_variant"].values():
+        for m in ("audio", "video"):
+            assert 0.0 < d[m]["time_variation"]["mean"] <= 1.0 and d[m]["clip_specificity"]["mean"] > 0.0
     assert len(json.loads((out / "rows" / "cmcpe_seed0_gamma1.5.clips.json").read_text())) == 4
     table = (out / "results.md").read_text()
-    assert table.startswith("# Ablation result") and "**Primary" in table
+    assert table.startswith("# Ablation result") and "**Primary" in table and "## What crosses over" in table
     for v in VARIANTS:
         assert f"| {v} | 1 |" in table and f"| {v} | 1.5 |" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,10 +135,10 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" not in printed
     assert gone.is_file() and kept.stat().st_mtime_ns == stamp
 
-    # The context probe reads every trained variant of the finished run.
+    # The probe command: every trained variant's record of the run, read back, in one file.
     from experiments.ablation.__main__ import main
 
-    assert main(["probe", "--smoke", "--out", str(out), "--clips", "4"]) == 0
+    assert main(["probe", "--smoke", "--out", str(out)]) == 0
     probed = json.loads((out / "probe.json").read_text())
     assert [(r["variant"], r["seed"]) for r in probed] == [(v, 0) for v in VARIANTS[1:]]
     for r in probed:

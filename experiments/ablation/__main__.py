@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "environment encoders' pooled features vary in time and differ between "
                                       "clips of the same material (writes probe.json under --out)")
     pr.add_argument("--out", default="runs/ablation", help="the run's folder (default: %(default)s)")
-    pr.add_argument("--clips", type=int, default=16, help="test clips per variant x seed (default: %(default)s)")
+    pr.add_argument("--clips", type=int, help="test clips per variant x seed (default: 16, or all the test clips "
+                                              "when fewer); a variant x seed already probed is read back")
     _plan_arguments(pr)
     args = ap.parse_args(argv)
     if args.command == "probe":
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from experiments.ablation.probe import probe
 
-        if args.clips < 2:
+        if args.clips is not None and args.clips < 2:
             ap.error(f"--clips must be >= 2: each clip is compared with another of its material (got {args.clips})")
         plan = _plan(ap, args)
         try:

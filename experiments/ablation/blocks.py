@@ -63,6 +63,8 @@ def block_files(out: Path, plan: Plan, block: int) -> list[Path]:
             files.append(folder / "train_result.json")
             if variant in TRAINED:
                 files.append(folder / "liveness.json")
+                if (out / folder / "probe.json").is_file():  # the context probe: blocks run before it lack it
+                    files.append(folder / "probe.json")
     bases = Path("bases") / f"seed{plan.bases_seeds[block]}" / "bases.json"
     files.append(bases)
     missing = [str(f) for f in files if not (out / f).is_file()]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from experiments.ablation.blocks import SECONDS, block_bases, block_seeds, import_block
 from experiments.ablation.hits import Spec
+from experiments.ablation.probe import PROBE, format_row, probe_variant
 from experiments.ablation.report import write_report
-from experiments.ablation.stages import (VARIANTS, Plan, make_bases, make_data, reference_rows, sample_and_measure,
+from experiments.ablation.stages import (TRAINED, VARIANTS, Plan, make_bases, make_data, reference_rows, sample_and_measure,
                                          train_variant)
 
 
@@ -67,13 +68,17 @@ def run(out: Path, plan: Plan, media: Path, workers: int = 2, progress: bool = T
         for variant in VARIANTS:
             timed("held-out losses, sampling, measures", lambda: sample_and_measure(variant, seed, out, plan, spec_d,
                                                                                    progress))
+        for variant in TRAINED:
+            row = timed("context probe", lambda: probe_variant(variant, seed, out, plan, spec_d))
+            say("  " + format_row(row), flush=True)
     say("[5/5] the real clips; report", flush=True)
     reference = timed("real clips", lambda: reference_rows(out, spec_d, plan))
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*_seed*_gamma*.json"))
             if not p.name.endswith(".clips.json")]
     rows = [r for r in rows if r["seed"] in plan.seeds and r["gamma"] in plan.gammas]
-    liveness = [json.loads(p.read_text()) for p in sorted((out / "train").glob("*/seed*/liveness.json"))
-                if int(p.parent.name[4:]) in plan.seeds]
+    finished = lambda name: [json.loads(p.read_text()) for p in sorted((out / "train").glob(f"*/seed*/{name}"))  # noqa: E731
+                             if int(p.parent.name[4:]) in plan.seeds]
+    liveness, probes = finished("liveness.json"), finished(PROBE)
     seconds = json.loads(times_file.read_text())
-    files = write_report(out, rows, reference, liveness, plan, seconds)
+    files = write_report(out, rows, reference, liveness, plan, seconds, probes)
     return Outcome(rows, reference, files)

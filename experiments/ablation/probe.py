@@ -22,6 +22,7 @@ from pathlib import Path
 from experiments.ablation.stages import TRAINED, Plan, device, load_system, mismatch_partners
 
 LEVELS = (100, 500, 900)
+PROBE = "probe.json"
 
 
 def time_variation(p) -> float:
@@ -87,7 +88,24 @@ def probe_system(system, cfg, out: Path, clips: int, levels=LEVELS) -> dict:
     return result
 
 
-def probe(out: Path, plan: Plan, spec: dict, variants=TRAINED, seeds=None, clips: int = 16,
+def probe_variant(variant: str, seed: int, out: Path, plan: Plan, spec: dict, clips: int | None = None) -> dict:
+    """One trained variant x seed, kept in train/VARIANT/seedN/probe.json (computed once, then
+    read back: the run's stage, skipped when done)."""
+    import json
+
+    from svgen.fileio import write_json
+
+    record = out / "train" / variant / f"seed{seed}" / PROBE
+    if record.is_file():
+        return json.loads(record.read_text())
+    clips = min(16, plan.test_clips) if clips is None else clips
+    cfg, system, _ = load_system(variant, seed, out, plan, spec)
+    row = {"variant": variant, "seed": seed, **probe_system(system, cfg, out, clips)}
+    write_json(record, row, indent=1)
+    return row
+
+
+def probe(out: Path, plan: Plan, spec: dict, variants=TRAINED, seeds=None, clips: int | None = None,
           progress: bool = True) -> list[dict]:
     """Every finished trained variant x seed under ``out`` (EMA weights); writes out/probe.json."""
     from svgen.fileio import write_json
@@ -97,8 +115,7 @@ def probe(out: Path, plan: Plan, spec: dict, variants=TRAINED, seeds=None, clips
         for variant in variants:
             if not (out / "train" / variant / f"seed{seed}" / "train_result.json").is_file():
                 continue
-            cfg, system, _ = load_system(variant, seed, out, plan, spec)
-            row = {"variant": variant, "seed": seed, **probe_system(system, cfg, out, clips)}
+            row = probe_variant(variant, seed, out, plan, spec, clips)
             rows.append(row)
             if progress:
                 print(format_row(row), flush=True)

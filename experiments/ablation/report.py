@@ -22,6 +22,7 @@ from experiments.ablation.measures import PRIMARY, SCORES
 from experiments.ablation.stages import TRAINED, VARIANTS, Plan
 
 PRIMARY_KEY = PRIMARY + "_excess"
+PROBE_LEVEL = 100  # the context probe's row in the report: the encoder sees the other modality nearly clean
 LABELS = {"f1": "onset-impact F1 at one frame", "hit_match": "hits with a sound", "sound_match": "sounds with a hit",
           "timing_ms": "median |onset - impact| (ms)", "av_align": "AV-Align"}
 HELDOUT = ("heldout_loss_audio", "heldout_loss_video", "heldout_mismatch_rise_audio", "heldout_mismatch_rise_video")
@@ -83,6 +84,11 @@ def summarise_rows(rows: list[dict], plan: Plan) -> dict:
     return {"per_variant": per_variant, "comparisons": comparisons, "heldout": heldout}
 
 
+def _level(record: dict, modality: str) -> dict:
+    """A probe record's figures for ``modality`` ('audio'/'video') at PROBE_LEVEL."""
+    return next(r for r in record[modality] if r["level"] == PROBE_LEVEL)
+
+
 def _f(x, fmt: str = "{:.3f}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
@@ -113,9 +119,10 @@ def headline(summary: dict, plan: Plan) -> str:
 
 
 def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: list[dict], plan: Plan,
-                 stage_seconds: dict[str, dict[str, float]]) -> dict[str, Path]:
+                 stage_seconds: dict[str, dict[str, float]], probes: list[dict] = ()) -> dict[str, Path]:
     """``stage_seconds``: per part of the run ('block 0', 'all blocks', ...) the wall seconds of
-    each stage. A report over fewer joint seeds than the plan's says so in its title."""
+    each stage. A report over fewer joint seeds than the plan's says so in its title. ``probes``:
+    probe.py's record per trained variant x seed."""
     from svgen.fileio import write_json, write_text
 
     summary = summarise_rows(rows, plan)
@@ -126,6 +133,12 @@ def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: l
             live[v] = {"per_seed": recs, **{k: interval([r[k] for r in recs]) for k in
                                              ("cross_weight_delta", "cross_weight_rel", "encoder_weight_delta",
                                               "grad_norm_mean")}}
+    context = {}
+    for v in TRAINED:
+        recs = [r for r in probes if r["variant"] == v]
+        if recs:
+            context[v] = {name: {key: interval([x for r in recs if (x := _level(r, name)[key]) is not None])
+                                 for key in ("time_variation", "clip_specificity")} for name in ("audio", "video")}
     total = sum(v for part in stage_seconds.values() for v in part.values())
     present = sorted({r["seed"] for r in rows})
     bases_present = sorted({plan.bases_of(s) for s in present})
@@ -137,6 +150,7 @@ def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: l
         "planned_bases_seeds": list(plan.bases_seeds), "primary_measure": PRIMARY_KEY,
         "headline": headline(summary, plan), "plan": asdict(plan), "stage_seconds": stage_seconds,
         "wall_seconds": total, "rows": rows, "reference": reference, "cross_weight_delta": live,
+        "context_probe": {"level": PROBE_LEVEL, "per_variant": context, "per_seed": list(probes)},
         "summary": summary}, indent=1)
     lines = [f"# Ablation result: {len(present)} joint seeds on {len(bases_present)} bases seeds, "
              f"{plan.train_steps} training steps, {plan.samples} test prompts, {plan.sample_steps} DDIM steps{partial}", "",
@@ -168,6 +182,14 @@ def write_report(out: Path, rows: list[dict], reference: list[dict], liveness: l
     for v, d in live.items():
         lines.append(f"| {v} | {_ci(d['cross_weight_delta'])} | {_ci(d['cross_weight_rel'])} | "
                      f"{_ci(d['encoder_weight_delta'])} | {_ci(d['grad_norm_mean'])} |")
+    if context:
+        lines += ["", f"## What crosses over: the environment encoders' pooled features (probe.py; encoder input at "
+                      f"noise level {PROBE_LEVEL}; 0 = carries no timing)", "",
+                  "| variant | audio p: time variation | audio p: clip vs same-material clip | video p: time variation "
+                  "| video p: clip vs same-material clip |", "|---|---|---|---|---|"]
+        for v, d in context.items():
+            lines.append(f"| {v} | " + " | ".join(_ci(d[m][k]) for m in ("audio", "video")
+                                                   for k in ("time_variation", "clip_specificity")) + " |")
     lines += ["", "## Secondary measures (mean over seeds ± 95 % t-interval: value / null / excess)", "",
               "| variant | gamma | " + " | ".join(LABELS[k] for k in SCORES if k != PRIMARY) +
               " | impacts / clip | onsets / clip |", "|---|---|" + "---|" * (len(SCORES) + 1)]
