@@ -57,8 +57,8 @@ class Plan:
     batch_size: int = 8
     lr: float = 1e-3
     bases_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    """Four bases, two joint seeds each: a block (one bases seed and its joint seeds, about an
-    hour on 2 CPU cores) fits one sitting, and the bases' own variation is sampled four times."""
+    """Four bases, two joint seeds each: a block (one bases seed and its joint seeds, about
+    1.5 h on 2 CPU cores) fits one sitting, and the bases' own variation is sampled four times."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     """Joint-training seeds, split into equal blocks over ``bases_seeds``."""
     samples: int = 32
