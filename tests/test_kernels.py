@@ -116,6 +116,28 @@ def test_joint_model_trains_the_same_with_either_path(system_factory):
         assert abs(r - t) <= 1e-4 * max(1.0, abs(r)), curves
 
 
+def test_joint_model_trains_the_same_with_the_fused_glue(system_factory):
+    """model.glue_kernel=triton (every fused glue operator: GEGLU, GroupNorm + SiLU, the transformer
+    blocks' add + layer norm, the gain norm; their PyTorch implementations on CPU) against
+    PyTorch's own ops: the same loss curve over a few optimiser steps."""
+    from svgen.data.latents import LatentBatch
+    from svgen.models.fusion import FusedBasicTransformerBlock
+
+    from .conftest import local_steps
+
+    curves = {}
+    for kernel in ("reference", "triton"):
+        system = system_factory(f"model.glue_kernel={kernel}", seed=0)
+        blocks = [m for m in system.model.modules() if isinstance(m, FusedBasicTransformerBlock)]
+        assert blocks and all(b.kernel == kernel and b._plain() for b in blocks)
+        g = torch.Generator().manual_seed(0)
+        batch = LatentBatch(torch.randn(1, 8, 32, 16, generator=g), torch.randn(1, 4, 8, 8, 8, generator=g),
+                            *system.encode_text(["a"]))
+        curves[kernel] = local_steps(system, batch, steps=3)
+    for r, t in zip(curves["reference"], curves["triton"]):
+        assert abs(r - t) <= 1e-4 * max(1.0, abs(r)), curves
+
+
 @pytest.mark.parametrize("tile,programs", [(64, 10**6), (64, 7), (32, 20)])
 def test_chunked_launch_matches_reference(monkeypatch, tile, programs):
     """S split into several chunks per (b, t), with a last chunk shorter than the others: the
@@ -226,8 +248,9 @@ def test_models_geglus_swap_to_the_kernel_with_the_same_weights_and_outputs():
     x, xs = torch.randn(2, 5, 16), torch.randn(1, 3, 2, 2, 12)
     before = ff(x), shift(xs)
     counts = fuse_glue([nn_], "triton")
-    assert counts["geglu"] == 1 and counts["modules"] == 1
+    assert counts["geglu"] == 1 and counts["modules"] == 2  # the token-shift feed-forward and its gain norm
     assert type(ff.net[0]) is FusedGEGLU and ff.net[0].kernel == "triton" and shift.glue_kernel == "triton"
+    assert shift.norm.glue_kernel == "triton"
     assert list(nn_.state_dict()) == keys
     after = ff(x), shift(xs)
     for b, a in zip(before, after):
@@ -250,7 +273,8 @@ def test_unit_output_scales_are_skipped_bit_identically_and_others_kept():
     x, temb, seq = torch.randn(2, 8, 4, 4), torch.randn(2, 16), torch.randn(2, 6, 8)
     before = res(x, temb), attn(seq), halved(x, temb)
     counts = fuse_glue([torch.nn.ModuleList([res, attn, halved])], "reference")
-    assert counts == {"geglu": 0, "resnets": 2, "motion_norms": 0, "modules": 0, "unit_scales": 2}
+    assert counts == {"geglu": 0, "resnets": 2, "transformer_blocks": 0, "motion_norms": 0, "modules": 0,
+                      "unit_scales": 2}
     assert res.output_scale_factor is UNIT and attn.rescale_output_factor is UNIT and halved.output_scale_factor == 2.0
     t = torch.randn(3)
     assert (t / UNIT) is t and float(UNIT) == 1.0 and UNIT == 1.0
@@ -332,3 +356,139 @@ def test_fused_resnet_block_is_diffusers_block(channels):
     got = block(x, temb)
     (gx_got,) = torch.autograd.grad(got.sum(), x)
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(gx_got, gx_want, atol=1e-4)
+
+
+# Residual add + layer norm (+ position embedding), and the encoders' gain norm (issue 23)
+
+RN_CASES = [  # (shape, T of pe or None, residual, weight, bias, clamp)
+    ((3, 5, 13), 5, True, True, True, False),      # a motion block's add + norm + position embedding
+    ((2, 7, 300), None, True, True, True, False),  # a spatial block's add + norm
+    ((2, 7, 300), 7, False, True, True, False),    # a block's first norm (no residual) with pe
+    ((4, 1, 9, 1030), None, False, True, False, True),  # gain norm: one past a power of two, no bias
+    ((1, 1, 1), None, True, False, False, True),   # one channel: the variance clamps
+]
+
+
+def _rn_inputs(shape, t, res, wt, bias, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s, scale=1.0, shift=0.0: (torch.randn(*s, generator=g) * scale + shift).to(DEV, dtype)  # noqa: E731
+    x = mk(*shape, scale=2, shift=0.3)
+    r = mk(*shape) if res else None
+    w = mk(shape[-1], scale=0.2, shift=1) if wt else None
+    b = mk(shape[-1], scale=0.1) if bias else None
+    pe = mk(t, shape[-1]) if t else None
+    return x, r, w, b, pe, mk(*shape), (mk(*shape) if res else None)
+
+
+@pytest.mark.parametrize("case", RN_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_norm_triton_matches_reference(case, dtype):
+    triton_rn = pytest.importorskip("svgen.kernels.triton_rownorm")
+    from svgen.kernels.reference import row_norm_backward_reference, row_norm_reference
+
+    shape, t, res, wt, bias, clamp = case
+    x, r, w, b, pe, dy, ds = _rn_inputs(shape, t, res, wt, bias, dtype)
+    s, y, mean, rstd = triton_rn.row_norm_forward_triton(x, r, w, b, pe, 1e-5, clamp)
+    s_ref, y_ref, mean_ref, rstd_ref = row_norm_reference(x, r, w, b, pe, eps=1e-5, clamp=clamp)
+    src = s_ref if res else x
+    got = [("y", y, y_ref), ("mean", mean, mean_ref), ("rstd", rstd, rstd_ref)]
+    if res:
+        got.append(("s", s, s_ref))
+    dx, dw, db = triton_rn.row_norm_backward_triton(dy, ds, src, w, mean, rstd, 1e-5, clamp, True)
+    dx_ref, dw_ref, db_ref = row_norm_backward_reference(dy, ds, src, w, b, eps=1e-5, clamp=clamp)
+    got.append(("dx", dx, dx_ref))
+    if wt:
+        got.append(("dw", dw, dw_ref))
+    if bias:
+        got.append(("db", db, db_ref))
+    assert y.dtype == dtype and dx.dtype == dtype
+    for name, a, want in got:
+        err = (a.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1)
+        assert err <= TOL[dtype] * (4 if name in ("dw", "db") else 1), f"{name}: {err:.2e}"
+
+
+def test_add_layer_norm_operator_matches_eager_and_absorbs_the_stream_gradient():
+    from svgen.kernels import add_layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
+    x, r = (torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    pe = torch.randn(4, 6, dtype=torch.float64)
+    params = [x, r, norm.weight, norm.bias]
+
+    def loss(s, y):  # the stream feeds on (as the next block does) and the norm feeds a branch
+        return (s.sin() * 3).sum() + (y.cos() * torch.arange(6.0, dtype=torch.float64)).sum()
+
+    want = (x + r, norm(x + r) + pe)
+    got = add_layer_norm(x, r, norm, pe, kernel="triton")
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(loss(*got), params), torch.autograd.grad(loss(*want), params)):
+        assert torch.allclose(a, b, atol=1e-10)
+    # Without a residual the stream is x itself, and only the norm's gradient comes back through it.
+    s0, y0 = add_layer_norm(x, None, norm, None, kernel="triton")
+    assert s0 is x and torch.allclose(y0, norm(x), atol=1e-12)
+
+    # On the meta device: one operator forward, one backward, and no separate addition of the
+    # skip and norm gradients (the autograd engine's accumulation) for a frozen norm.
+    frozen = torch.nn.LayerNorm(8, device="meta").requires_grad_(False)
+    xm, rm = (torch.empty(2, 3, 8, device="meta", requires_grad=True) for _ in range(2))
+    with _Ops() as ops:  # x and r come from other operators, as in a block (not leaves)
+        s, y = add_layer_norm(xm * 1, rm * 1, frozen, None, kernel="triton")
+        (s, y) = (s * 1, y * 1)
+        torch.autograd.backward([s, y], [torch.empty_like(s), torch.empty_like(y)])
+    assert xm.grad.shape == xm.shape and frozen.weight.grad is None
+    assert [n for n in ops.seen if n not in ("ones_like", "empty_like", "detach", "mul")] == \
+        ["row_norm", "row_norm_backward"]
+
+
+def test_gain_norm_operator_matches_the_encoders_eager_norm_and_its_clamp():
+    from svgen.models.encoders import GainNorm
+
+    norm = GainNorm(5).double()
+    with torch.no_grad():
+        norm.g.uniform_(0.5, 1.5)
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    x[0, 0] = 0.25  # a constant row: its variance is clamped, and no gradient flows through it
+    x.requires_grad_(True)
+    dy = torch.randn(3, 4, 5, dtype=torch.float64)
+    want = norm(x)
+    g_want = torch.autograd.grad((want * dy).sum(), [x, norm.g])
+    norm.glue_kernel = "triton"
+    got = norm(x)
+    g_got = torch.autograd.grad((got * dy).sum(), [x, norm.g])
+    assert torch.allclose(got, want, atol=1e-10)
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-8)
+
+
+@pytest.mark.parametrize("motion", [False, True])
+def test_fused_transformer_block_is_diffusers_block(motion):
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from svgen.models.fusion import FusedBasicTransformerBlock, fuse_glue
+
+    torch.manual_seed(0)
+    kw = (dict(positional_embeddings="sinusoidal", num_positional_embeddings=12, double_self_attention=True)
+          if motion else dict(cross_attention_dim=24))
+    block = BasicTransformerBlock(16, 2, 8, activation_fn="geglu", **kw).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # not the init: every path shows in the output
+    x = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    context = None if motion else torch.randn(3, 5, 24, dtype=torch.float64)
+    params = [x, *block.parameters()]
+    want = block(x, encoder_hidden_states=context)
+    g_want = torch.autograd.grad((want ** 2).sum(), params)
+    counts = fuse_glue([block], "reference")
+    assert type(block) is FusedBasicTransformerBlock and counts["transformer_blocks"] == 1
+    assert torch.equal(block(x, encoder_hidden_states=context), want)  # diffusers' own forward, bit for bit
+    block.kernel = "triton"
+    block.ff.net[0].kernel = "reference"  # this test is about the norms: GEGLU's op keeps fp32 inside
+    got = block(x, encoder_hidden_states=context)
+    g_got = torch.autograd.grad((got ** 2).sum(), params)
+    assert torch.allclose(got, want, atol=1e-12)
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-10)

@@ -77,3 +77,35 @@ def group_norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, *, kernel: str = 
 
         return group_norm_silu_op(x, norm.weight, norm.bias, norm.num_groups, norm.eps)[0]
     return torch.nn.functional.silu(norm(x))
+
+
+def add_layer_norm(x: torch.Tensor, r: torch.Tensor | None, norm: torch.nn.LayerNorm, pe: torch.Tensor | None = None,
+                   *, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, y) = (x + r, norm(x + r) + pe) for a LayerNorm ``norm`` over the last dim (s is x
+    without r; pe (T, C) broadcast over the rows' time axis, -2): one fused operator
+    (``torch.ops.svgen.row_norm``: Triton on CUDA, its backward absorbing the stream's gradient)
+    for 'triton', PyTorch's add, layer norm and add otherwise."""
+    if resolve_kernel(kernel, x.device) == "triton":
+        from svgen.kernels.ops import row_norm_op
+
+        s, y, _, _ = row_norm_op(x, r, norm.weight, norm.bias, pe, norm.eps, False)
+        return (s if r is not None else x), y
+    s = x + r if r is not None else x
+    y = norm(s)
+    return s, (y + pe if pe is not None else y)
+
+
+def gain_norm(x: torch.Tensor, gain: torch.Tensor, *, dim: int = -1, kernel: str = "auto") -> torch.Tensor:
+    """(x - mean) * rsqrt(max(var, eps)) * gain over ``dim``, eps 1e-5 in fp32 and 1e-3 in half
+    types (the encoders' GainNorm): one fused operator (``torch.ops.svgen.row_norm``, fp32 maths)
+    for 'triton' over the last dim, PyTorch's ops in the input's dtype otherwise."""
+    eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+    if resolve_kernel(kernel, x.device) == "triton" and dim in (-1, x.ndim - 1):
+        from svgen.kernels.ops import row_norm_op
+
+        return row_norm_op(x, None, gain, None, None, eps, True)[1]
+    var, mean = torch.var_mean(x, dim=dim, unbiased=False, keepdim=True)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    # The small factors first: one pass over x for the scaling, not two (issue 23).
+    return (x - mean) * (var.clamp(min=eps).rsqrt() * gain.reshape(shape))

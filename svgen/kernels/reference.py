@@ -78,3 +78,61 @@ def group_norm_silu_backward_reference(dy: torch.Tensor, x: torch.Tensor, weight
     xh = xhat.reshape(n, groups, -1)
     dx = rstd * (dxhat - dxhat.mean(-1, keepdim=True) - xh * (dxhat * xh).mean(-1, keepdim=True))
     return dx.reshape(x.shape).to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (fp64 stays fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _row_norm_core(s: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                   clamp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised s in fp32 (fp64 for fp64) with weight and bias applied, mean, rstd) over the last dim."""
+    sf = _wide(s)
+    var, mean = torch.var_mean(sf, dim=-1, unbiased=False, keepdim=True)
+    rstd = (var.clamp(min=eps) if clamp else var + eps).rsqrt()
+    y = (sf - mean) * rstd
+    if weight is not None:
+        y = y * _wide(weight)
+    if bias is not None:
+        y = y + _wide(bias)
+    return y, mean, rstd
+
+
+def row_norm_reference(x: torch.Tensor, r: torch.Tensor | None, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       pe: torch.Tensor | None, *, eps: float, clamp: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, y, mean, rstd): s = x + r in x's dtype (None without r), y = norm(s) * weight + bias,
+    rounded to x's dtype, plus pe (T, C) broadcast over the rows' time axis (-2); the norm over the
+    last dim, layer norm's rsqrt(var + eps) or with ``clamp`` rsqrt(max(var, eps)); fp32 maths.
+    mean and rstd (rows,) fp32."""
+    s = x + r if r is not None else None
+    src = s if s is not None else x
+    y, mean, rstd = _row_norm_core(src, weight, bias, eps, clamp)
+    y = y.to(x.dtype)
+    if pe is not None:
+        y = y + pe
+    return s, y, mean.reshape(-1).float(), rstd.reshape(-1).float()
+
+
+def row_norm_backward_reference(dy: torch.Tensor, ds: torch.Tensor | None, s: torch.Tensor, weight: torch.Tensor | None,
+                                bias: torch.Tensor | None, *, eps: float, clamp: bool = False
+                                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(ds + d(loss)/ds through the norm, dweight, dbias) of ``row_norm_reference`` given
+    d(loss)/dy (pe takes no gradient): layer norm's backward, without the variance's term in
+    the rows where ``clamp`` held it at eps."""
+    sf, g = _wide(s), _wide(dy)
+    var, mean = torch.var_mean(sf, dim=-1, unbiased=False, keepdim=True)
+    rstd = (var.clamp(min=eps) if clamp else var + eps).rsqrt()
+    xhat = (sf - mean) * rstd
+    gw = g * _wide(weight) if weight is not None else g
+    b = (gw * xhat).mean(-1, keepdim=True)
+    if clamp:
+        b = torch.where(var < eps, torch.zeros_like(b), b)
+    dx = rstd * (gw - gw.mean(-1, keepdim=True) - xhat * b)
+    if ds is not None:
+        dx = dx + _wide(ds)
+    rows = tuple(range(s.ndim - 1))
+    dw = (g * xhat).sum(rows).to(weight.dtype) if weight is not None else None
+    db = g.sum(rows).to(bias.dtype) if bias is not None else None
+    return dx.to(s.dtype), dw, db

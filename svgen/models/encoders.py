@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from svgen.kernels import geglu, group_norm_silu
+from svgen.kernels import gain_norm, geglu, group_norm_silu
 from svgen.models.cmcpe import _groups
 
 
@@ -67,17 +67,17 @@ def _norm_eps(dtype: torch.dtype) -> float:
 class GainNorm(nn.Module):
     """Layer norm over ``dim`` with a gain and no bias (eps 1e-5 in fp32, 1e-3 in half types)."""
 
+    glue_kernel: str = "reference"
+    """Implementation (svgen.kernels.gain_norm; set by models.fusion.fuse_glue): 'triton' is one
+    fused operator over the last dim."""
+
     def __init__(self, channels: int, dim: int = -1):
         super().__init__()
         self.dim = dim
         self.g = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=self.dim, unbiased=False, keepdim=True)
-        shape = [1] * x.ndim
-        shape[self.dim] = -1
-        # The small factors first: one pass over x for the scaling, not two (issue 23).
-        return (x - mean) * (var.clamp(min=_norm_eps(x.dtype)).rsqrt() * self.g.reshape(shape))
+        return gain_norm(x, self.g, dim=self.dim, kernel=self.glue_kernel)
 
 
 class TimeNorm(nn.Module):

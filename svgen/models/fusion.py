@@ -8,6 +8,13 @@
 - Every resnet's GroupNorm + SiLU likewise through ``svgen.kernels.group_norm_silu`` (the bases'
   ``ResnetBlock2D`` in its plain form, and the encoders'), so the normalised tensor is never
   written and read back.
+- Every transformer block's residual stream (``BasicTransformerBlock``: the bases' spatial
+  transformers and the AnimateDiff motion modules) through ``svgen.kernels.add_layer_norm`` when
+  ``kernel`` is 'triton': each residual addition fused with the layer norm that reads its result
+  (and with the motion modules' sinusoidal position embedding, added inside the first two norms),
+  one operator forward and one backward whose backward takes the stream's gradient in, so the
+  autograd engine no longer sums the skip and the norm paths in a separate pass. Any other block
+  form (ada norms, GLIGEN, chunked feed-forward) runs diffusers' own forward.
 - diffusers divides every attention output by ``rescale_output_factor`` and every resnet output
   by ``output_scale_factor``, both 1.0 in SD-1.5, AnimateDiff and AudioLDM: a full read and write
   of the activation forward and again backward, for nothing. A factor of exactly 1 becomes
@@ -23,10 +30,12 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.activations import GEGLU
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
-from svgen.kernels import geglu, group_norm_silu
+from svgen.kernels import add_layer_norm, geglu, group_norm_silu, resolve_kernel
 
 
 class FusedGEGLU(GEGLU):
@@ -61,6 +70,42 @@ class FusedResnetBlock2D(ResnetBlock2D):
         if self.conv_shortcut is not None:
             skip = self.conv_shortcut(input_tensor.contiguous() if self.training else input_tensor)
         return (skip + h) / self.output_scale_factor
+
+
+class FusedBasicTransformerBlock(BasicTransformerBlock):
+    """diffusers' BasicTransformerBlock with its residual additions fused into the next layer
+    norm (``svgen.kernels.add_layer_norm``) when ``kernel`` resolves to 'triton' and the block has
+    the plain pre-norm form every base here uses; diffusers' own forward otherwise (bit for bit)."""
+
+    kernel: str = "reference"
+
+    def _plain(self) -> bool:
+        norms = [self.norm1, self.norm3] + ([self.norm2] if self.attn2 is not None else [])
+        return (self.norm_type == "layer_norm" and not self.only_cross_attention and self._chunk_size is None
+                and not hasattr(self, "fuser") and all(type(n) is torch.nn.LayerNorm for n in norms)
+                and (self.pos_embed is None or type(self.pos_embed) is SinusoidalPositionalEmbedding))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                timestep=None, cross_attention_kwargs: dict | None = None, class_labels=None,
+                added_cond_kwargs=None) -> torch.Tensor:
+        kw = dict(cross_attention_kwargs or {})
+        if (resolve_kernel(self.kernel, hidden_states.device) != "triton" or hidden_states.ndim != 3
+                or "gligen" in kw or not self._plain()):
+            return super().forward(hidden_states, attention_mask=attention_mask,
+                                   encoder_hidden_states=encoder_hidden_states,
+                                   encoder_attention_mask=encoder_attention_mask, timestep=timestep,
+                                   cross_attention_kwargs=cross_attention_kwargs, class_labels=class_labels,
+                                   added_cond_kwargs=added_cond_kwargs)
+        kw.pop("scale", None)  # deprecated and ignored by diffusers' forward too
+        pe = self.pos_embed.pe[0, :hidden_states.shape[1]] if self.pos_embed is not None else None
+        h, y = add_layer_norm(hidden_states, None, self.norm1, pe, kernel="triton")
+        a = self.attn1(y, encoder_hidden_states=None, attention_mask=attention_mask, **kw)
+        if self.attn2 is not None:
+            h, y = add_layer_norm(h, a, self.norm2, pe, kernel="triton")
+            a = self.attn2(y, encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask, **kw)
+        h, y = add_layer_norm(h, a, self.norm3, None, kernel="triton")
+        return h + self.ff(y)
 
 
 class ContiguousGroupNorm(torch.nn.GroupNorm):
@@ -99,7 +144,7 @@ _UNIT_ATTRS = ("rescale_output_factor", "output_scale_factor")
 def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
     """Point every GEGLU and resnet GroupNorm + SiLU under ``modules`` at ``kernel`` and make every
     unit output scale :data:`UNIT`; returns how many of each were changed."""
-    counts = {"geglu": 0, "resnets": 0, "motion_norms": 0, "modules": 0, "unit_scales": 0}
+    counts = {"geglu": 0, "resnets": 0, "transformer_blocks": 0, "motion_norms": 0, "modules": 0, "unit_scales": 0}
     for root in modules:
         for m in root.modules():
             if type(m) in (GEGLU, FusedGEGLU):
@@ -110,6 +155,10 @@ def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
                 m.__class__ = FusedResnetBlock2D
                 m.kernel = kernel
                 counts["resnets"] += 1
+            elif type(m) in (BasicTransformerBlock, FusedBasicTransformerBlock):
+                m.__class__ = FusedBasicTransformerBlock
+                m.kernel = kernel
+                counts["transformer_blocks"] += 1
             elif type(m) is AnimateDiffTransformer3D and type(m.norm) is torch.nn.GroupNorm:
                 m.norm.__class__ = ContiguousGroupNorm
                 counts["motion_norms"] += 1
