@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short GPU session (under 9 minutes on an H100/H200, limits included): CUDA correctness of the fused kernels
-# (CMC-PE, GEGLU, GroupNorm + SiLU) and their speed against eager,
+# (CMC-PE, GEGLU, GroupNorm + SiLU, add + layer norm, gain norm, the token shift) and their speed against eager,
 # the training step's kernel-time profile by category (benchmarks/profile_step.py), then its MFU
 # (benchmarks/mfu.py) eager and with the fused glue operators at batch 8, and batch 16 with activation
 # checkpointing (does it fit in 80 GB?). Every step writes its log under $OUT (or ./runs/gpu_check); a failed or timed-out
@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 } 2>&1 | tee "$OUT/env.log"
 MFU="python3 benchmarks/mfu.py --warmup 2 --repeats 5"
 [ -n "${SKIP_TESTS:-}" ] || step kernels_test 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
-# The fused glue operators (GEGLU, GroupNorm + SiLU) against the eager ops they replace.
+# The fused glue operators against the eager ops they replace.
 step glue_kernels 40 python3 benchmarks/glue_kernels.py
 # Where the step's time goes (issue 23): kernel time by category and the top kernels with their
 # launching site, one eager step at batch 8 (the CPU proxy, glue bytes per sample, runs anywhere).

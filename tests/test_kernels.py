@@ -492,3 +492,66 @@ def test_fused_transformer_block_is_diffusers_block(motion):
     assert torch.allclose(got, want, atol=1e-12)
     for a, b in zip(g_got, g_want):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 2, 14), (1, 1, 2, 6), (2, 4, 7, 2050), (1, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_geglu_token_shift_triton_matches_reference(shape, dtype):
+    triton_glu = pytest.importorskip("svgen.kernels.triton_glu")
+    from svgen.kernels.reference import geglu_backward_reference, geglu_reference, time_shift_reference, \
+        time_unshift_reference
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=g).to(DEV, dtype)
+    dy = torch.randn(*shape[:-1], shape[-1] // 2, generator=g).to(DEV, dtype)
+    y = triton_glu.geglu_forward_triton(x, time_shift=True)
+    dx = triton_glu.geglu_backward_triton(dy, x, time_shift=True)
+    want_y = time_shift_reference(geglu_reference(x.float()))
+    want_dx = geglu_backward_reference(time_unshift_reference(dy.float()), x.float())
+    if shape[1] > 1 and shape[-1] >= 4:  # the shifted half of frame 0 is zero, frame 1 carries frame 0's
+        half = y.shape[-1] - y.shape[-1] // 2
+        assert not y[:, 0, ..., half:].any() and y[:, 1, ..., half:].abs().sum() > 0
+    for name, got, want in (("y", y, want_y), ("dx", dx, want_dx)):
+        err = (got.float() - want).abs().max() / want.abs().max().clamp_min(1)
+        assert err <= TOL[dtype], f"{name}: {err:.2e}"
+
+
+def test_geglu_token_shift_operator_is_the_in_place_shift_and_one_op_each_way():
+    from svgen.kernels import geglu_time_shift
+
+    x = torch.randn(2, 5, 3, 2, 14, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 5, 3, 2, 7, dtype=torch.float64)
+    want = geglu_time_shift(x, kernel="reference")  # GEGLU, then the half shifted in place
+    got = geglu_time_shift(x, kernel="triton")
+    assert torch.allclose(got, want, atol=1e-12)
+    g_want, g_got = (torch.autograd.grad((y * dy).sum(), x)[0] for y in (want, got))
+    assert torch.allclose(g_got, g_want, atol=1e-6)  # the GEGLU backward keeps fp32 inside
+    xm = torch.empty(2, 4, 3, 3, 10, device="meta", requires_grad=True)
+    with _Ops() as ops:
+        y = geglu_time_shift(xm * 1, kernel="triton")
+        y.backward(torch.empty_like(y))
+    assert [n for n in ops.seen if n not in ("ones_like", "empty_like", "detach", "mul")] == \
+        ["geglu_shift", "geglu_shift_backward"]
+
+
+def test_motion_module_adds_its_skip_without_a_copy_and_bit_for_bit():
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    from svgen.models.fusion import FusedAnimateDiffTransformer3D, fuse_glue
+
+    torch.manual_seed(0)
+    motion = AnimateDiffTransformer3D(num_attention_heads=2, attention_head_dim=4, in_channels=8, norm_num_groups=4,
+                                      positional_embeddings="sinusoidal", num_positional_embeddings=8,
+                                      double_self_attention=True)
+    with torch.no_grad():
+        motion.proj_out.weight.normal_()  # not the zero init: the blocks show in the output
+    x = torch.randn(2 * 5, 8, 3, 4, requires_grad=True)
+    want = motion(x, num_frames=5)
+    (g_want,) = torch.autograd.grad((want ** 2).sum(), x)
+    fuse_glue([motion], "reference")
+    assert type(motion) is FusedAnimateDiffTransformer3D
+    with _Ops() as ops:
+        got = motion(x, num_frames=5)
+    (g_got,) = torch.autograd.grad((got ** 2).sum(), x)
+    assert torch.equal(got, want) and torch.equal(g_got, g_want) and got.is_contiguous()
+    assert ops.seen.count("clone") == 2  # the norm's contiguous input and the tokens, no third for the output

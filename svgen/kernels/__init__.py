@@ -7,6 +7,6 @@ plus the other modality's embedding, resampled along time and broadcast over spa
 and ``group_norm_silu`` (the resnets' norm and activation).
 """
 
-from svgen.kernels.dispatch import add_layer_norm, gain_norm, geglu, group_norm_silu, norm_add_embedding, resolve_kernel
+from svgen.kernels.dispatch import add_layer_norm, gain_norm, geglu, geglu_time_shift, group_norm_silu, norm_add_embedding, resolve_kernel
 
-__all__ = ["add_layer_norm", "gain_norm", "geglu", "group_norm_silu", "norm_add_embedding", "resolve_kernel"]
+__all__ = ["add_layer_norm", "gain_norm", "geglu", "geglu_time_shift", "group_norm_silu", "norm_add_embedding", "resolve_kernel"]

@@ -67,6 +67,23 @@ def geglu(x: torch.Tensor, *, kernel: str = "auto") -> torch.Tensor:
     return geglu_reference(x)
 
 
+def geglu_time_shift(x: torch.Tensor, *, kernel: str = "auto") -> torch.Tensor:
+    """GEGLU of x (B, T, ..., 2I), then the output's last I // 2 channels moved one frame forward
+    in time (frame k gets frame k-1, zeros first): the video encoder's token shift. One fused
+    operator (``torch.ops.svgen.geglu_shift``) for 'triton'; otherwise GEGLU and the shift in place
+    on its product (one copy of that half)."""
+    if resolve_kernel(kernel, x.device) == "triton":
+        from svgen.kernels.ops import geglu_shift_op
+
+        return geglu_shift_op(x)
+    h = geglu_reference(x)
+    half = h.shape[-1] - h.shape[-1] // 2
+    shift = h[..., half:]
+    shift[:, 1:] = shift[:, :-1].clone()
+    shift[:, 0] = 0
+    return h
+
+
 def group_norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, *, kernel: str = "auto") -> torch.Tensor:
     """SiLU(norm(x)) for an affine GroupNorm ``norm``: one fused operator
     (``torch.ops.svgen.group_norm_silu``: Triton on CUDA) for 'triton', PyTorch's group norm and

@@ -1,6 +1,8 @@
 """Fused glue as PyTorch operators, each with its own backward operator (issue 23):
 
 - ``torch.ops.svgen.geglu``: h * GELU(gate) of a projection (triton_glu.py); saves only its input;
+  ``torch.ops.svgen.geglu_shift`` also moves half its output channels one frame later (the video
+  encoder's token shift), where PyTorch copies them twice forward and three times backward;
 - ``torch.ops.svgen.group_norm_silu``: SiLU(GroupNorm(x)) (triton_gn.py); saves its input and
   the per-group statistics;
 - ``torch.ops.svgen.row_norm``: s = x + r and y = norm(s) * w + b [+ pe] over the last dim
@@ -21,7 +23,8 @@ import importlib.util
 import torch
 
 from svgen.kernels.reference import (geglu_backward_reference, geglu_reference, group_norm_silu_backward_reference,
-                                     group_norm_silu_reference, row_norm_backward_reference, row_norm_reference)
+                                     group_norm_silu_reference, row_norm_backward_reference, row_norm_reference,
+                                     time_shift_reference, time_unshift_reference)
 
 
 def _triton(device: torch.device) -> bool:
@@ -67,6 +70,44 @@ def _backward(ctx, dy):
 
 
 geglu_op.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("svgen::geglu_shift", mutates_args=())
+def geglu_shift_op(x: torch.Tensor) -> torch.Tensor:
+    """GEGLU of x (B, T, ..., 2I) with the output's last I // 2 channels one frame later in time
+    (the video encoder's token shift) in the same pass."""
+    if _triton(x.device):
+        from svgen.kernels.triton_glu import geglu_forward_triton
+
+        return geglu_forward_triton(x, time_shift=True)
+    return time_shift_reference(geglu_reference(x)).contiguous()
+
+
+@geglu_shift_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.custom_op("svgen::geglu_shift_backward", mutates_args=())
+def geglu_shift_backward_op(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if _triton(x.device):
+        from svgen.kernels.triton_glu import geglu_backward_triton
+
+        return geglu_backward_triton(dy, x, time_shift=True)
+    return geglu_backward_reference(time_unshift_reference(dy), x)
+
+
+@geglu_shift_backward_op.register_fake
+def _(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _shift_backward(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return geglu_shift_backward_op(dy, x)
+
+
+geglu_shift_op.register_autograd(_shift_backward, setup_context=_setup)
 
 
 @torch.library.custom_op("svgen::group_norm_silu", mutates_args=())

@@ -55,6 +55,25 @@ def geglu_backward_reference(grad: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     return torch.cat([g * gate * cdf, g * h * (cdf + gate * pdf)], dim=-1).to(x.dtype)
 
 
+def time_shift_reference(y: torch.Tensor) -> torch.Tensor:
+    """y (B, T, ..., C) with its last C // 2 channels moved one frame forward in time (frame k gets
+    frame k-1, zeros in frame 0): the video encoder's token shift."""
+    half = y.shape[-1] - y.shape[-1] // 2
+    out = y.clone()
+    out[:, 1:, ..., half:] = y[:, :-1, ..., half:]
+    out[:, :1, ..., half:] = 0
+    return out
+
+
+def time_unshift_reference(g: torch.Tensor) -> torch.Tensor:
+    """The gradient through ``time_shift_reference``: the last C // 2 channels from the next frame."""
+    half = g.shape[-1] - g.shape[-1] // 2
+    out = g.clone()
+    out[:, :-1, ..., half:] = g[:, 1:, ..., half:]
+    out[:, -1:, ..., half:] = 0
+    return out
+
+
 def group_norm_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, groups: int,
                               eps: float = 1e-5) -> torch.Tensor:
     """SiLU(GroupNorm(x)) over (N, C, ...), statistics in fp32 as the fused kernel keeps them."""

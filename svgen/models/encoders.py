@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from svgen.kernels import gain_norm, geglu, group_norm_silu
+from svgen.kernels import gain_norm, geglu_time_shift, group_norm_silu
 from svgen.models.cmcpe import _groups
 
 
@@ -158,7 +158,8 @@ class TokenShiftFeedForward(nn.Module):
     shifted one frame forward in time, then channel norm (gain only) and projection."""
 
     glue_kernel: str = "reference"
-    """Implementation of h * GELU(gate) (svgen.kernels.geglu; set by models.fusion.fuse_glue)."""
+    """Implementation of h * GELU(gate) and the token shift (svgen.kernels.geglu_time_shift; set by
+    models.fusion.fuse_glue)."""
 
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
@@ -169,14 +170,10 @@ class TokenShiftFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, W, C) -> same shape."""
-        h = geglu(self.proj_in(x), kernel=self.glue_kernel)  # in the compute dtype, fp32 inside the kernel
         # The second half of the channels moves one frame forward in time (frame k gets frame
-        # k-1, zeros first), in place on the product: one copy of that half, where padding and
-        # concatenating made two passes over the whole tensor (issue 23).
-        half = h.shape[-1] - h.shape[-1] // 2
-        shift = h[..., half:]
-        shift[:, 1:] = shift[:, :-1].clone()
-        shift[:, 0] = 0
+        # k-1, zeros first): in GEGLU's own pass with the fused kernel, else in place on its
+        # product (one copy of that half, where padding and concatenating made two passes).
+        h = geglu_time_shift(self.proj_in(x), kernel=self.glue_kernel)
         return self.proj_out(self.norm(h))
 
 

@@ -23,7 +23,9 @@
   into its neighbours, and the object would break its graph.
 
 Parameters and state_dict keys are unchanged. The motion modules' group norm also gets a
-contiguous input (:class:`ContiguousGroupNorm`), so that torch.compile can trace them on CPU.
+contiguous input (:class:`ContiguousGroupNorm`), so that torch.compile can trace them on CPU, and
+their output is added to the skip without a contiguous copy first
+(:class:`FusedAnimateDiffTransformer3D`, bit for bit).
 """
 
 from __future__ import annotations
@@ -108,6 +110,32 @@ class FusedBasicTransformerBlock(BasicTransformerBlock):
         return h + self.ff(y)
 
 
+class FusedAnimateDiffTransformer3D(AnimateDiffTransformer3D):
+    """diffusers' motion module with its output added to the skip in the frame layout directly:
+    diffusers makes the permuted projection contiguous and then adds the skip (a full copy of the
+    activation forward, for nothing); here the addition reads the permuted view. Bit for bit the
+    same values; the blocks and norms are the module's own."""
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                timestep=None, class_labels=None, num_frames: int = 1, cross_attention_kwargs: dict | None = None
+                ) -> torch.Tensor:
+        batch_frames, channel, height, width = hidden_states.shape
+        batch = batch_frames // num_frames
+        residual = hidden_states
+        h = hidden_states.reshape(batch, num_frames, channel, height, width).permute(0, 2, 1, 3, 4)
+        h = self.norm(h)
+        h = h.permute(0, 3, 4, 2, 1).reshape(batch * height * width, num_frames, channel)
+        h = self.proj_in(input=h)
+        for block in self.transformer_blocks:
+            h = block(hidden_states=h, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                      cross_attention_kwargs=cross_attention_kwargs, class_labels=class_labels)
+        h = self.proj_out(input=h)
+        # The skip first: the sum takes its (contiguous) layout, so the view below is free.
+        out = residual.reshape(batch, num_frames, channel, height, width) + \
+            h.reshape(batch, height, width, num_frames, channel).permute(0, 3, 4, 1, 2)
+        return out.reshape(batch_frames, channel, height, width)
+
+
 class ContiguousGroupNorm(torch.nn.GroupNorm):
     """GroupNorm of a contiguous copy of its input. AnimateDiff's motion modules normalise a
     permuted (B, C, F, H, W) view; eager PyTorch copies it to contiguous inside group_norm, but a
@@ -159,8 +187,10 @@ def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
                 m.__class__ = FusedBasicTransformerBlock
                 m.kernel = kernel
                 counts["transformer_blocks"] += 1
-            elif type(m) is AnimateDiffTransformer3D and type(m.norm) is torch.nn.GroupNorm:
-                m.norm.__class__ = ContiguousGroupNorm
+            elif type(m) in (AnimateDiffTransformer3D, FusedAnimateDiffTransformer3D):
+                m.__class__ = FusedAnimateDiffTransformer3D
+                if type(m.norm) is torch.nn.GroupNorm:
+                    m.norm.__class__ = ContiguousGroupNorm
                 counts["motion_norms"] += 1
             elif hasattr(type(m), "glue_kernel"):  # svgen's own modules (encoders.py)
                 m.glue_kernel = kernel
