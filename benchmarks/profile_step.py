@@ -50,8 +50,11 @@ CATEGORIES = [  # (category, aten name pattern), first match wins
     ("layout (cat/stack/pad/index)", r"^(cat|stack|constant_pad_nd|index|index_put_?|gather|scatter|slice_scatter|"
                                      r"select_scatter|repeat|repeat_interleave|roll|flip|split_with_sizes_copy|"
                                      r"_unsafe_index|new_zeros|zeros_like|empty_like|fill_|zero_)"),
-    ("normalisation", r"(layer_norm|group_norm|batch_norm|var_mean|rsqrt|native_norm)"),
-    ("activation", r"(gelu|silu|sigmoid|tanh|softmax|relu)"),
+    # svgen's fused operators by what they replace: row_norm (add + layer/gain norm) and
+    # group_norm_silu are normalisation, geglu / geglu_shift activation (not element-wise: the
+    # anchored "ge" below would otherwise take them).
+    ("normalisation", r"(layer_norm|group_norm|batch_norm|var_mean|rsqrt|native_norm|row_norm)"),
+    ("activation", r"(gelu|geglu|silu|sigmoid|tanh|softmax|relu)"),
     ("reduction", r"^(sum|mean|amax|max|min|norm|linalg_vector_norm|_foreach_norm)"),
     ("element-wise", r"^(add|sub|mul|div|neg|exp|log|sqrt|pow|where|clamp|lerp|addcmul|addcdiv|sin|cos|masked_fill|"
                      r"_foreach_|abs|sign|maximum|minimum|reciprocal|square|floor|ceil|round|eq|ne|lt|gt|le|ge)"),

@@ -170,8 +170,10 @@ class ModelConfig:
     """Storage and compute dtype of the frozen bases."""
     glue_kernel: Literal["auto", "reference", "compile", "triton"] = "reference"
     """Implementation of the fused glue of the step: every GEGLU feed-forward (the bases', the
-    motion modules', the encoders' and the cross-modal blocks') and every resnet's GroupNorm +
-    SiLU. 'triton' (and 'auto' on CUDA) runs one fused operator each way (Triton kernels on
+    motion modules', the encoders' and the cross-modal blocks', the video encoder's with its token
+    shift), every resnet's GroupNorm + SiLU, every transformer block's residual add + layer norm
+    (+ the motion modules' position embedding) and the encoders' gain norm. 'triton' (and 'auto'
+    on CUDA) runs one fused operator each way (Triton kernels on
     CUDA, their PyTorch maths elsewhere; benchmarks/profile_step.py counts the bytes they save);
     'reference' runs PyTorch's ops as diffusers does. The default stays 'reference' until the
     kernels' speed is measured on a GPU (benchmarks/glue_kernels.py, mfu.py --levers eager,glue)."""

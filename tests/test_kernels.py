@@ -555,3 +555,18 @@ def test_motion_module_adds_its_skip_without_a_copy_and_bit_for_bit():
     (g_got,) = torch.autograd.grad((got ** 2).sum(), x)
     assert torch.equal(got, want) and torch.equal(g_got, g_want) and got.is_contiguous()
     assert ops.seen.count("clone") == 2  # the norm's contiguous input and the tokens, no third for the output
+
+
+def test_proxy_puts_the_fused_operators_in_the_category_they_replace(monkeypatch):
+    """benchmarks/profile_step.py's categories: svgen's fused operators are normalisation and
+    activation (geglu once fell to element-wise through the anchored 'ge' comparison)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from profile_step import category
+
+    assert [category(n) for n in ("geglu", "geglu_shift_backward", "gelu", "silu")] == ["activation"] * 4
+    assert [category(n) for n in ("row_norm", "row_norm_backward", "group_norm_silu", "native_layer_norm")] == \
+        ["normalisation"] * 4
+    assert [category(n) for n in ("add", "ge", "mul")] == ["element-wise"] * 3
+    assert category("clone") == "copy/cast" and category("cat") == "layout (cat/stack/pad/index)"
