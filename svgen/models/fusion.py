@@ -169,24 +169,23 @@ UNIT = UnitScale()
 _UNIT_ATTRS = ("rescale_output_factor", "output_scale_factor")
 
 
+# diffusers' module -> its fused subclass (same parameters, a ``kernel`` attribute), counted as.
+_SWAPS = ((GEGLU, FusedGEGLU, "geglu"), (ResnetBlock2D, FusedResnetBlock2D, "resnets"),
+          (BasicTransformerBlock, FusedBasicTransformerBlock, "transformer_blocks"))
+
+
 def fuse_glue(modules: list[torch.nn.Module], kernel: str) -> dict[str, int]:
-    """Point every GEGLU and resnet GroupNorm + SiLU under ``modules`` at ``kernel`` and make every
-    unit output scale :data:`UNIT`; returns how many of each were changed."""
+    """Point every GEGLU, resnet GroupNorm + SiLU, transformer block and svgen module under
+    ``modules`` at ``kernel``, give the motion modules their copy-free skip, and make every unit
+    output scale :data:`UNIT`; returns how many of each were changed."""
     counts = {"geglu": 0, "resnets": 0, "transformer_blocks": 0, "motion_norms": 0, "modules": 0, "unit_scales": 0}
     for root in modules:
         for m in root.modules():
-            if type(m) in (GEGLU, FusedGEGLU):
-                m.__class__ = FusedGEGLU
+            swap = next(((fused, name) for base, fused, name in _SWAPS if type(m) in (base, fused)), None)
+            if swap is not None:
+                m.__class__ = swap[0]
                 m.kernel = kernel
-                counts["geglu"] += 1
-            elif type(m) in (ResnetBlock2D, FusedResnetBlock2D):
-                m.__class__ = FusedResnetBlock2D
-                m.kernel = kernel
-                counts["resnets"] += 1
-            elif type(m) in (BasicTransformerBlock, FusedBasicTransformerBlock):
-                m.__class__ = FusedBasicTransformerBlock
-                m.kernel = kernel
-                counts["transformer_blocks"] += 1
+                counts[swap[1]] += 1
             elif type(m) in (AnimateDiffTransformer3D, FusedAnimateDiffTransformer3D):
                 m.__class__ = FusedAnimateDiffTransformer3D
                 if type(m.norm) is torch.nn.GroupNorm:
