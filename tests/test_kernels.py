@@ -388,6 +388,9 @@ def test_row_norm_triton_matches_reference(case, dtype):
 
     shape, t, res, wt, bias, clamp = case
     x, r, w, b, pe, dy, ds = _rn_inputs(shape, t, res, wt, bias, dtype)
+    if clamp and shape[-1] > 1:  # one near-constant row: its variance (~1e-6) is clamped to eps
+        x.view(-1, shape[-1])[0] = (0.25 + 1e-3 * torch.randn(shape[-1], generator=torch.Generator().manual_seed(3))
+                                    ).to(DEV, dtype)
     s, y, mean, rstd = triton_rn.row_norm_forward_triton(x, r, w, b, pe, 1e-5, clamp)
     s_ref, y_ref, mean_ref, rstd_ref = row_norm_reference(x, r, w, b, pe, eps=1e-5, clamp=clamp)
     src = s_ref if res else x
@@ -451,7 +454,8 @@ def test_gain_norm_operator_matches_the_encoders_eager_norm_and_its_clamp():
     with torch.no_grad():
         norm.g.uniform_(0.5, 1.5)
     x = torch.randn(3, 4, 5, dtype=torch.float64)
-    x[0, 0] = 0.25  # a constant row: its variance is clamped, and no gradient flows through it
+    # A near-constant row: its variance (about 1e-8) is clamped to eps, and no gradient flows through it.
+    x[0, 0] = 0.25 + 1e-4 * torch.randn(5, dtype=torch.float64)
     x.requires_grad_(True)
     dy = torch.randn(3, 4, 5, dtype=torch.float64)
     want = norm(x)
