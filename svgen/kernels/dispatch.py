@@ -112,11 +112,10 @@ def add_layer_norm(x: torch.Tensor, r: torch.Tensor | None, norm: torch.nn.Layer
     return s, (y + pe if pe is not None else y)
 
 
-def gain_norm(x: torch.Tensor, gain: torch.Tensor, *, dim: int = -1, kernel: str = "auto") -> torch.Tensor:
-    """(x - mean) * rsqrt(max(var, eps)) * gain over ``dim``, eps 1e-5 in fp32 and 1e-3 in half
-    types (the encoders' GainNorm): one fused operator (``torch.ops.svgen.row_norm``, fp32 maths)
-    for 'triton' over the last dim, PyTorch's ops in the input's dtype otherwise."""
-    eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+def gain_norm(x: torch.Tensor, gain: torch.Tensor, *, eps: float, dim: int = -1, kernel: str = "auto") -> torch.Tensor:
+    """(x - mean) * rsqrt(max(var, eps)) * gain over ``dim`` (the encoders' GainNorm): one fused
+    operator (``torch.ops.svgen.row_norm``, fp32 maths) for 'triton' over the last dim, PyTorch's
+    ops in the input's dtype otherwise."""
     if resolve_kernel(kernel, x.device) == "triton" and dim in (-1, x.ndim - 1):
         from svgen.kernels.ops import row_norm_op
 

@@ -77,7 +77,7 @@ class GainNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gain_norm(x, self.g, dim=self.dim, kernel=self.glue_kernel)
+        return gain_norm(x, self.g, eps=_norm_eps(x.dtype), dim=self.dim, kernel=self.glue_kernel)
 
 
 class TimeNorm(nn.Module):
