@@ -67,3 +67,12 @@ def local_steps(system, batch, lr: float = 1e-3, steps: int = 3, seed: int = 0, 
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def yuv420p_round_trip(frames) -> "np.ndarray":
+    """RGB frames as a yuv420p video stores them, back in RGB (what a lossless mp4 decodes to)."""
+    import av
+    import numpy as np
+
+    return np.stack([av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24").reformat(format="yuv420p")
+                     .reformat(format="rgb24").to_ndarray() for f in np.asarray(frames)])

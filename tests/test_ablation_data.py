@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.ablation.hits import MATERIALS, Spec, make_clip, write_split
+from experiments.ablation.hits import MATERIALS, VIDEO_CODING, Spec, make_clip, write_split
+from experiments.ablation.stages import make_data
 from svgen.media.mp4 import probe, read_mp4
 
 from .conftest import MEDIA_SOUNDS as MEDIA
-from .conftest import ROOT
+from .conftest import ROOT, yuv420p_round_trip
 
 SPEC = Spec(seconds=3.0)
 
@@ -80,9 +81,39 @@ def test_a_split_is_written_once_and_its_mp4s_keep_the_timing(tmp_path):
         for t in clip["impacts"]:
             i = round(t * spec.sample_rate)
             assert np.abs(wave[i - win // 3:i + win]).max() > 4 * np.abs(wave[i - 2 * win:i - win // 3]).max()
+    # Coded lossless: every run decodes the same pixels (x264 at crf 18 is not bit-reproducible).
+    frames, _, _ = read_mp4(first, spec.sample_rate)
+    assert np.array_equal(frames, yuv420p_round_trip(make_clip(11, 0, spec, MEDIA).frames))
     stamp = first.stat().st_mtime_ns
     write_split(tmp_path / "train", 3, 11, spec, MEDIA, progress=False)                # complete: left as it is
     assert first.stat().st_mtime_ns == stamp
+
+
+def test_clips_of_another_design_are_rewritten_and_their_shards_dropped(tmp_path):
+    spec = Spec(seconds=2.0)
+    out = tmp_path / "data"
+    make_data(out, 2, 1, 11, spec, MEDIA, prep=False, progress=False)
+    clip = out / "train" / "clips" / "00000.mp4"
+    # A split as an older svgen left it (lossy clips, no clips.json, ground truth without the video coding),
+    # already sharded: the clips are rewritten and the shards of the old ones dropped.
+    truth = out / "train" / "impacts.json"
+    truth.write_text(json.dumps({k: v for k, v in json.loads(truth.read_text()).items() if k != "video"}))
+    (out / "train" / "clips.json").unlink()
+    clip.write_bytes(b"old clip")
+    (out / "train" / "shards").mkdir()
+    (out / "train" / "shards" / "shard-000000.tar").write_bytes(b"old shard")
+    make_data(out, 2, 1, 11, spec, MEDIA, prep=False, progress=False)
+    assert clip.read_bytes() != b"old clip" and probe(clip)["streams"][0]["codec"] == "h264"
+    assert not (out / "train" / "shards").exists()
+    assert json.loads(truth.read_text())["video"] == VIDEO_CODING
+    # An interrupted split of the same design keeps its clips; a complete one keeps its shards.
+    (out / "train" / "shards").mkdir()
+    stamp = clip.stat().st_mtime_ns
+    make_data(out, 2, 1, 11, spec, MEDIA, prep=False, progress=False)
+    assert (out / "train" / "shards").is_dir() and clip.stat().st_mtime_ns == stamp
+    truth.unlink()
+    make_data(out, 2, 1, 11, spec, MEDIA, prep=False, progress=False)
+    assert clip.stat().st_mtime_ns == stamp and json.loads(truth.read_text())["n"] == 2
 
 
 @pytest.mark.multiprocess

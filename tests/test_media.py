@@ -5,7 +5,9 @@ import torch
 from svgen.data.synthetic import make_clip
 from svgen.media.audio import LOG_FLOOR, LogMel, pad_frames
 from svgen.models.codec import decode_audio, decode_video, encode_audio, encode_video, latent_shapes
-from svgen.media.mp4 import probe, write_mp4
+from svgen.media.mp4 import probe, read_mp4, write_mp4
+
+from .conftest import yuv420p_round_trip
 
 
 def test_mp4_has_one_h264_and_one_aac_stream_of_the_right_length(tmp_path, tiny_cfg):
@@ -21,6 +23,22 @@ def test_mp4_has_one_h264_and_one_aac_stream_of_the_right_length(tmp_path, tiny_
     assert v["frames"] == data.num_frames and v["duration"] == pytest.approx(2.0, abs=1 / data.fps)
     assert a["duration"] == pytest.approx(2.0, abs=0.05) and a["sample_rate"] == data.sample_rate
     assert not (tmp_path / ".a.mp4.tmp").exists()
+
+
+def test_a_lossless_mp4_decodes_to_exactly_its_frames_yuv420p(tmp_path, tiny_cfg):
+    # What makes a benchmark corpus bit-reproducible: the decoded pixels do not depend on x264's
+    # choices, which vary from one encode to the next at crf 18.
+    data = tiny_cfg("data.seconds=2.0").data
+    clip = make_clip(data, seed=3)
+    frames = np.asarray(clip.frames)
+    want = yuv420p_round_trip(frames)
+    lossless, wave, _ = read_mp4(write_mp4(tmp_path / "l.mp4", frames, fps=data.fps, wave=clip.wave,
+                                           sample_rate=data.sample_rate, lossless=True), data.sample_rate)
+    assert np.array_equal(lossless, want)
+    assert wave.shape[0] == pytest.approx(2.0 * data.sample_rate, abs=0.05 * data.sample_rate)
+    lossy, _, _ = read_mp4(write_mp4(tmp_path / "c.mp4", frames, fps=data.fps, wave=clip.wave,
+                                     sample_rate=data.sample_rate), data.sample_rate)
+    assert not np.array_equal(lossy, want)  # the test can tell: crf 18 does not give the pixels back
 
 
 def test_mp4_rejects_bad_frames(tmp_path):

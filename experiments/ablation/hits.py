@@ -9,12 +9,16 @@ caption. Clips have 0 to ``max_hits`` impacts at random times, at least ``min_ga
 with a random position, size, background and loudness.
 
 Pure functions of (seed, index): the same corpus on every machine. Written as ordinary mp4
-(H.264 + AAC, svgen.media.mp4) with the ground truth in ``impacts.json``.
+(H.264 + AAC, svgen.media.mp4) with the ground truth in ``impacts.json``. The video is coded
+lossless, so the pixels the data prep decodes are the same on every run too: x264's lossy coding
+is not bit-reproducible, and one level's difference in one frame is enough to send training,
+and with it a seed's result, down another path.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +77,11 @@ class HitsClip:
     impacts: list[float]
     """Seconds of each impact (frame boundaries)."""
 
+
+VIDEO_CODING = "h264 lossless (qp 0)"
+"""How the clips' video is coded; part of a split's identity (impacts.json), so a corpus coded
+otherwise (the lossy crf 18 of blocks 0-3 of the 2026-12 run) is rewritten, not reused, and saved
+blocks from it are not merged with this one's."""
 
 _SOUNDS: dict[tuple[str, int], np.ndarray] = {}
 
@@ -162,18 +171,23 @@ def make_clip(seed: int, index: int, spec: Spec, media: Path) -> HitsClip:
 def write_split(out: Path, n: int, seed: int, spec: Spec, media: Path, progress: bool = True) -> Path:
     """``n`` clips as out/clips/NNNNN.mp4, out/list.csv (path,caption) for data_prep and the ground
     truth out/impacts.json, written last: a split whose impacts.json matches (n, seed, spec) is
-    complete and is left as it is; an interrupted one is finished (clips already there are kept)."""
+    complete and is left as it is; an interrupted one is finished (clips already there are kept,
+    unless they were written for another design: clips.json says which)."""
     from svgen.fileio import write_json, write_text
     from svgen.media.mp4 import write_mp4
 
     truth_file = out / "impacts.json"
-    want = {"n": n, "seed": seed, "spec": asdict(spec)}
+    want = {"n": n, "seed": seed, "spec": asdict(spec), "video": VIDEO_CODING}
     if truth_file.is_file():
         done = json.loads(truth_file.read_text())
         if {k: done.get(k) for k in want} == want:
             return truth_file
     clips = out / "clips"
+    design = out / "clips.json"  # what the clips there were written for, written before them
+    if clips.is_dir() and (not design.is_file() or json.loads(design.read_text()) != want):
+        shutil.rmtree(clips)  # another design's (or an unknown one's) clips: rewritten, not mixed in
     clips.mkdir(parents=True, exist_ok=True)
+    write_json(design, want, indent=1)
     truth, rows = {}, ["path,caption"]
     from tqdm import tqdm
 
@@ -181,7 +195,7 @@ def write_split(out: Path, n: int, seed: int, spec: Spec, media: Path, progress:
         name = f"{i:05d}.mp4"
         clip = make_clip(seed, i, spec, media)
         if not (clips / name).is_file():
-            write_mp4(clips / name, clip.frames, fps=spec.fps, wave=clip.wave, sample_rate=spec.sample_rate)
+            write_mp4(clips / name, clip.frames, fps=spec.fps, wave=clip.wave, sample_rate=spec.sample_rate, lossless=True)
         truth[name] = {"material": clip.material, "caption": clip.caption, "impacts": clip.impacts}
         rows.append(f"clips/{name},{clip.caption}")
     write_text(out / "list.csv", "\n".join(rows) + "\n")

@@ -27,6 +27,7 @@ Bases, held-out losses and sampling run on CUDA when present (joint training doe
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -115,7 +116,11 @@ def make_data(out: Path, n_train: int, n_test: int, seed: int, spec: Spec, media
     result = {}
     for name, (n, split_seed) in splits.items():
         folder = out / name
+        truth = folder / "impacts.json"
+        before = truth.stat().st_mtime_ns if truth.is_file() else None
         write_split(folder, n, split_seed, spec, media, progress=progress)
+        if truth.stat().st_mtime_ns != before and (folder / "shards").is_dir():
+            shutil.rmtree(folder / "shards")  # shards of the clips this split held before: not these
         result[name] = folder / "clips"
         if prep:
             from data_prep.run import run as run_prep

@@ -17,8 +17,14 @@ from svgen.fileio import atomic_path
 
 
 def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, *, fps: int,
-              wave: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
-    """frames: (F, H, W, 3) uint8; wave: (N,) float in [-1, 1] (mono). Written atomically."""
+              wave: torch.Tensor | np.ndarray, sample_rate: int, lossless: bool = False) -> Path:
+    """frames: (F, H, W, 3) uint8; wave: (N,) float in [-1, 1] (mono). Written atomically.
+
+    ``lossless`` encodes the video at x264's qp 0 (about 5x the bytes of the default crf 18): it
+    decodes to exactly the frames' yuv420p conversion. x264 at crf 18 is not bit-reproducible
+    here: the same frames encoded again can decode a few levels apart in an odd frame (4 outputs
+    in 30 encodes of one 64x64 clip, with or without threads), so data that must be the same on
+    every run (a benchmark corpus) is written lossless."""
     path = Path(path)
     frames = np.asarray(frames.cpu() if torch.is_tensor(frames) else frames)
     wave = np.asarray(wave.detach().float().cpu() if torch.is_tensor(wave) else wave, dtype=np.float32)
@@ -34,7 +40,7 @@ def write_mp4(path: str | Path, frames: torch.Tensor | np.ndarray, *, fps: int,
             vs = out.add_stream("libx264", rate=fps)
             vs.width, vs.height = frames.shape[2], frames.shape[1]
             vs.pix_fmt = "yuv420p"
-            vs.options = {"crf": "18", "preset": "veryfast"}
+            vs.options = {"qp": "0", "preset": "veryfast"} if lossless else {"crf": "18", "preset": "veryfast"}
             as_ = out.add_stream("aac", rate=sample_rate)
             as_.layout = "mono"
             as_.bit_rate = 128000
