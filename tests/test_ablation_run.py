@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.ablation.hits import Spec, make_clip
 from experiments.ablation.measures import (ClipEvents, clip_events, clip_scores, detector_check, pair_errors, score,
@@ -126,14 +128,35 @@ def test_smoke_run_writes_every_row_and_a_rerun_redoes_only_what_is_missing(tmp_
     for r in runs:
         assert "gamma1.5/f1_excess" in r.data.metrics and "heldout_loss_audio" in r.data.metrics
 
-    # A rerun: only the deleted row is sampled again; training, bases and data are kept.
+    # A rerun: only what was deleted is done again (one row sampled, one variant trained, sampled and
+    # measured), the rest is kept; and what is redone comes out bit for bit as before (same corpus,
+    # seeds and bases): a seed's result must not depend on the run it came from.
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def measures(row: Path) -> dict:
+        return {k: v for k, v in json.loads(row.read_text()).items() if k not in ("sample_seconds", "run_id")}
+
     gone = out / "rows" / "xattn_seq_seed0_gamma1.5.json"
-    kept = out / "rows" / "cmcpe_seed0_gamma1.json"
+    retrained = out / "train" / "cmcpe" / "seed0"
+    kept = out / "rows" / "independent_seed0_gamma1.json"
+    before = {row.name: measures(row) for row in [gone, *(out / "rows").glob("cmcpe_seed0_gamma*[0-9].json")]}
+    assert len(before) == 3
+    weights = load_file(retrained / "export" / "trained.safetensors")
+    live = json.loads((retrained / "liveness.json").read_text())
     gone.unlink()
+    for row in (out / "rows").glob("cmcpe_seed0_*"):
+        row.unlink()
+    shutil.rmtree(retrained)
     stamp = kept.stat().st_mtime_ns
     printed, _ = _run_smoke(out)
-    assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" not in printed
-    assert gone.is_file() and kept.stat().st_mtime_ns == stamp
+    assert "xattn_seq seed 0 gamma 1.5" in printed and "cmcpe seed 0 gamma 1:" in printed
+    assert "independent seed 0 gamma 1:" not in printed and kept.stat().st_mtime_ns == stamp
+    again = load_file(retrained / "export" / "trained.safetensors")
+    assert sorted(again) == sorted(weights) and all(torch.equal(again[k], weights[k]) for k in weights)
+    assert json.loads((retrained / "liveness.json").read_text()) == live
+    assert {name: measures(out / "rows" / name) for name in before} == before
 
     # The probe command: every trained variant's record of the run, read back, in one file.
     from experiments.ablation.__main__ import main
